@@ -1,0 +1,87 @@
+"""Cache factories: a backend bound to one tenant (and user).
+
+Building a factory and its caches is cheap and opens nothing: workers make one
+per webhook. Backends keep their connections and locks process-wide.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Self
+
+from cache.caches import StateCache, TableCache, UserCache
+from cache.errors import CacheArgumentError
+from cache.keys import KeyFactory, escape_id
+from cache.settings import CacheKind, CacheSettings
+from cache.store import Store
+
+_env_settings: CacheSettings | None = None
+
+
+def env_settings() -> CacheSettings:
+    """Settings read from the environment once per process."""
+    global _env_settings
+    if _env_settings is None:
+        _env_settings = CacheSettings()
+    return _env_settings
+
+
+class CacheFactory(ABC):
+    backend: ClassVar[str]
+    #: ``None``: read ``PARLEY_*`` from the environment. Set by ``configured()``.
+    settings: ClassVar[CacheSettings | None] = None
+    key_factory: ClassVar[KeyFactory] = KeyFactory()
+
+    def __init__(self, tenant_id: str, user_id: str | None = None) -> None:
+        escape_id(tenant_id, "tenant_id")  # fail here, not at the first cache call
+        if user_id is not None:
+            escape_id(user_id, "user_id")
+        self.tenant_id = tenant_id
+        self.user_id = user_id
+
+    @classmethod
+    def configured(cls, settings: CacheSettings | None = None, **overrides: Any) -> type[Self]:
+        """A subclass bound to explicit settings, e.g. ``RedisCacheFactory.configured(
+        redis_url="redis://cache:6379")``; unset fields still come from the environment."""
+        base = settings or cls._settings()
+        bound = type(base)(**{**base.model_dump(), **overrides}) if overrides else base
+        return type(cls.__name__, (cls,), {"settings": bound})
+
+    @classmethod
+    def _settings(cls) -> CacheSettings:
+        return cls.settings or env_settings()
+
+    @abstractmethod
+    def _store(self, kind: CacheKind) -> Store:
+        """The process-wide store of that cache kind for these settings."""
+
+    def _require_user(self, what: str) -> str:
+        if self.user_id is None:
+            raise CacheArgumentError(f"{what} needs a user_id (tenant {self.tenant_id!r})")
+        return self.user_id
+
+    def create_state_cache(self) -> StateCache:
+        return StateCache(
+            self._store("state"),
+            self.key_factory,
+            self.tenant_id,
+            self._require_user("the state cache"),
+            self._settings().default_ttl("state"),
+        )
+
+    def create_user_cache(self) -> UserCache:
+        return UserCache(
+            self._store("user"),
+            self.key_factory,
+            self.tenant_id,
+            self._require_user("the user cache"),
+            self._settings().default_ttl("user"),
+        )
+
+    def create_table_cache(self) -> TableCache:
+        return TableCache(
+            self._store("table"),
+            self.key_factory,
+            self.tenant_id,
+            self._settings().default_ttl("table"),
+        )

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from cache import CacheFactory, create_cache_factory
+from cache.memory import MemoryCacheFactory
+from cache.redis import close_pools
+from tests.redis_server import RedisServer
+
+BACKENDS = ["memory", "json", "redis"]
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The tests' own server, emptied (it is ours: never a shared one)."""
+    redis_server.client().flushall()
+    return redis_server.url
+
+
+def make_factory(
+    backend: str, request: pytest.FixtureRequest, cache_dir: Path, **overrides: object
+) -> type[CacheFactory]:
+    url = request.getfixturevalue("redis_url") if backend == "redis" else "redis://127.0.0.1:1"
+    MemoryCacheFactory.clear()
+    return create_cache_factory(backend, redis_url=url, json_cache_dir=cache_dir, **overrides)
+
+
+@pytest.fixture(params=BACKENDS)
+async def factory(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[type[CacheFactory]]:
+    """One cache factory class per backend, each on fresh, private storage."""
+    yield make_factory(request.param, request, tmp_path / "cache")
+    await close_pools()

@@ -1,0 +1,472 @@
+"""One suite, every backend: DESIGN.md's cache semantics, TTL rules, models and errors."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel, Field
+
+from cache import (
+    CacheArgumentError,
+    CacheArgumentTypeError,
+    CacheError,
+    CacheFactory,
+    CacheTypeError,
+    CacheValidationError,
+    ICache,
+    KeyFactory,
+)
+from tests.conftest import BACKENDS, make_factory
+
+TENANT, USER = "hotel123", "1234567890"
+
+
+@pytest.fixture
+def caches(factory: type[CacheFactory]) -> tuple[ICache, ICache, ICache]:
+    f = factory(tenant_id=TENANT, user_id=USER)
+    return f.create_state_cache(), f.create_user_cache(), f.create_table_cache()
+
+
+@pytest.fixture
+def state(caches: tuple[ICache, ICache, ICache]) -> ICache:
+    return caches[0]
+
+
+@pytest.fixture
+def users(caches: tuple[ICache, ICache, ICache]) -> ICache:
+    return caches[1]
+
+
+@pytest.fixture
+def table(caches: tuple[ICache, ICache, ICache]) -> ICache:
+    return caches[2]
+
+
+async def wait_until_missing(cache: ICache, key: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while await cache.exists(key):
+        assert time.monotonic() < deadline, f"{key} did not expire"
+        await _tick()
+
+
+async def _tick() -> None:
+    import asyncio
+
+    await asyncio.sleep(0.05)
+
+
+# -- documents ----------------------------------------------------------------------------
+
+
+async def test_json_types_survive(state: ICache) -> None:
+    doc = {
+        "int": 1,
+        "true": True,
+        "str1": "1",
+        "zeros": "042",
+        "none": None,
+        "empty": [],
+        "obj": {},
+        "float": 15.99,
+        "whole_float": 2.0,
+        "nested": {"a": [1, {"b": None}]},
+        "unicode": "¡Hola! 🍕",
+        "big": 2**62,
+        "neg": -3,
+    }
+    assert await state.set("doc", doc) is True
+    got = await state.get("doc")
+    assert got == doc
+    assert [type(got[k]) for k in doc] == [type(v) for v in doc.values()]
+
+
+async def test_get_returns_a_copy(state: ICache) -> None:
+    doc = {"items": [1]}
+    await state.set("doc", doc)
+    doc["items"].append(2)
+    first = await state.get("doc")
+    first["items"].append(3)
+    assert await state.get("doc") == {"items": [1]}
+
+
+async def test_missing_document(state: ICache) -> None:
+    assert await state.get("nope") is None
+    assert await state.get_field("nope", "x") is None
+    assert await state.exists("nope") is False
+    assert await state.delete("nope") is False
+
+
+async def test_set_replaces_the_whole_document(state: ICache) -> None:
+    await state.set("doc", {"a": 1, "b": 2})
+    await state.set("doc", {"c": 3})
+    assert await state.get("doc") == {"c": 3}
+    assert await state.get_field("doc", "a") is None
+
+
+async def test_empty_document_exists(state: ICache) -> None:
+    await state.set("doc", {})
+    assert await state.exists("doc") is True
+    assert await state.get("doc") == {}
+    assert await state.delete("doc") is True
+    assert await state.exists("doc") is False
+
+
+async def test_fields(state: ICache) -> None:
+    assert await state.set_field("doc", "step", "size") is True  # creates the document
+    assert await state.get("doc") == {"step": "size"}
+    await state.set_field("doc", "toppings", ["cheese"])
+    assert await state.get_field("doc", "toppings") == ["cheese"]
+    assert await state.get_field("doc", "missing") is None
+    assert await state.get("doc") == {"step": "size", "toppings": ["cheese"]}
+
+
+async def test_increment(state: ICache) -> None:
+    assert await state.increment_field("c", "n") == 1
+    assert await state.increment_field("c", "n", 5) == 6
+    assert type(await state.increment_field("c", "n", -2)) is int
+    assert await state.increment_field("c", "f", 0.1) == 0.1
+    assert await state.increment_field("c", "f", 0.2) == 0.1 + 0.2
+    assert await state.increment_field("c", "n", 0.5) == 4.5
+    whole = await state.increment_field("c", "w", 1.0)
+    assert whole == 1.0 and type(whole) is float
+    assert type(await state.increment_field("c", "w", 1)) is float
+    assert await state.get("c") == {"n": 4.5, "f": 0.1 + 0.2, "w": 2.0}
+
+
+@pytest.mark.parametrize("value", ["5", True, None, [1], {"a": 1}])
+async def test_increment_non_number_leaves_document_unchanged(state: ICache, value: object) -> None:
+    await state.set("c", {"x": value, "other": 1})
+    with pytest.raises(CacheTypeError, match=r"'x'.*hotel123:state:c:1234567890"):
+        await state.increment_field("c", "x", 1)
+    assert await state.get("c") == {"x": value, "other": 1}
+
+
+async def test_append(state: ICache) -> None:
+    assert await state.append_to_list("order", "items", "pizza_large") is True
+    await state.append_to_list("order", "items", {"q": 2, "n": None})
+    await state.append_to_list("order", "items", [1, "2"])
+    assert await state.get_field("order", "items") == ["pizza_large", {"q": 2, "n": None}, [1, "2"]]
+    await state.set("order", {"items": []})
+    await state.append_to_list("order", "items", 1)
+    assert await state.get("order") == {"items": [1]}
+
+
+@pytest.mark.parametrize("value", ["[1]", 1, {"a": 1}, None])
+async def test_append_to_non_list_leaves_document_unchanged(state: ICache, value: object) -> None:
+    await state.set("order", {"items": value})
+    with pytest.raises(CacheTypeError, match="'items'"):
+        await state.append_to_list("order", "items", 2)
+    assert await state.get("order") == {"items": value}
+
+
+# -- TTL ----------------------------------------------------------------------------------
+
+
+async def test_ttl_rules(state: ICache) -> None:
+    assert await state.get_ttl("doc") == -2
+    await state.set("doc", {"a": 1})
+    assert await state.get_ttl("doc") == -1
+    assert await state.set_ttl("doc", 100) is True
+    assert 99 <= await state.get_ttl("doc") <= 100
+    # ttl=None keeps the current expiry, on every kind of write
+    await state.set_field("doc", "b", 2)
+    await state.increment_field("doc", "n")
+    await state.append_to_list("doc", "l", 1)
+    await state.set("doc", {"replaced": True})
+    assert 98 <= await state.get_ttl("doc") <= 100
+    await state.set_field("doc", "b", 2, ttl=500)
+    assert 499 <= await state.get_ttl("doc") <= 500
+    await state.set("doc", {"x": 1}, ttl=50)
+    assert 49 <= await state.get_ttl("doc") <= 50
+    assert await state.set_ttl("missing", 10) is False
+    assert await state.get_ttl("missing") == -2
+
+
+async def test_expired_documents_are_gone(state: ICache) -> None:
+    await state.set("doc", {"a": 1}, ttl=1)
+    await wait_until_missing(state, "doc")
+    assert await state.get("doc") is None
+    assert await state.get_ttl("doc") == -2
+    # a field write after expiry creates a fresh document with no expiry
+    await state.set_field("doc", "b", 1)
+    assert await state.get("doc") == {"b": 1}
+    assert await state.get_ttl("doc") == -1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_default_ttl_applies_on_create_only(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    factory = make_factory(backend, request, tmp_path / "cache", state_cache_ttl=300)
+    state = factory(tenant_id=TENANT, user_id=USER).create_state_cache()
+    await state.set("a", {"x": 1})
+    await state.set_field("b", "x", 1)
+    await state.increment_field("c", "x")
+    await state.append_to_list("d", "x", 1)
+    for key in "abcd":
+        assert 299 <= await state.get_ttl(key) <= 300, key
+    await state.set("e", {"x": 1}, ttl=1000)
+    await state.set_field("e", "y", 2)
+    await state.set("e", {"z": 3})
+    assert 998 <= await state.get_ttl("e") <= 1000
+    # the user cache has its own default: none
+    users = factory(tenant_id=TENANT, user_id=USER).create_user_cache()
+    await users.set("profile", {"x": 1})
+    assert await users.get_ttl("profile") == -1
+    from cache.redis import close_pools
+
+    await close_pools()
+
+
+# -- models -------------------------------------------------------------------------------
+
+
+class Address(BaseModel):
+    city: str
+    zip: str | None = None
+
+
+class Customer(BaseModel):
+    name: str
+    tier: str = "basic"
+    email: str | None = None
+    addresses: list[Address] = []
+    joined: datetime = Field(default_factory=lambda: datetime(2025, 1, 15, 10, 30, tzinfo=UTC))
+    tags: set[str] = set()
+    score: float = 0.0
+
+
+async def test_models_round_trip(users: ICache) -> None:
+    customer = Customer(
+        name="Alice",
+        email=None,
+        addresses=[Address(city="Lima"), Address(city="Cusco", zip="08")],
+        joined=datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC),
+        tags={"vip"},
+        score=1.5,
+    )
+    await users.set("profile", customer)
+    assert await users.get("profile", models=Customer) == customer
+    raw = await users.get("profile")
+    assert raw["joined"] == "2025-03-01T12:00:00.123456Z"
+    assert raw["addresses"][1] == {"city": "Cusco", "zip": "08"}
+
+
+async def test_invalid_document_for_model(users: ICache) -> None:
+    await users.set("profile", {"tier": "gold"})  # no name
+    with pytest.raises(CacheValidationError, match=r"hotel123:user:1234567890.*Customer"):
+        await users.get("profile", models=Customer)
+    assert await users.get("missing", models=Customer) is None
+
+
+async def test_model_values_in_fields(users: ICache) -> None:
+    await users.set_field("profile", "address", Address(city="Lima"))
+    await users.append_to_list("profile", "history", Address(city="Cusco"))
+    assert await users.get("profile") == {
+        "address": {"city": "Lima", "zip": None},
+        "history": [{"city": "Cusco", "zip": None}],
+    }
+
+
+# -- argument errors ----------------------------------------------------------------------
+
+
+async def test_argument_errors_raise_before_io(state: ICache) -> None:
+    await state.set("doc", {"a": 1})
+    bad_calls = [
+        (CacheArgumentError, state.set("", {"a": 1})),
+        (CacheArgumentError, state.set_field("doc", "a\x00b", 1)),
+        (CacheArgumentError, state.set("doc", {"a\x00": 1})),
+        (CacheArgumentTypeError, state.set("doc", ["a", 1])),
+        (CacheArgumentTypeError, state.set("doc", None)),
+        (CacheArgumentTypeError, state.set("doc", "text")),
+        (CacheArgumentTypeError, state.set("doc", {"a": object()})),
+        (CacheArgumentTypeError, state.set("doc", {1: "a"})),
+        (CacheArgumentTypeError, state.set_field("doc", 1, "a")),
+        (CacheArgumentError, state.set("doc", {"a": 1}, ttl=0)),
+        (CacheArgumentError, state.set_ttl("doc", -5)),
+        (CacheArgumentTypeError, state.set("doc", {"a": 1}, ttl="60")),
+        (CacheArgumentTypeError, state.set("doc", {"a": 1}, ttl=True)),
+        (CacheArgumentTypeError, state.increment_field("doc", "a", "1")),
+        (CacheArgumentTypeError, state.increment_field("doc", "a", True)),
+        (CacheArgumentError, state.increment_field("doc", "a", float("nan"))),
+        (CacheArgumentTypeError, state.get("doc", models=dict)),
+        (CacheArgumentTypeError, state.get(None)),
+    ]
+    for error, call in bad_calls:
+        with pytest.raises(error):
+            await call
+    assert await state.get("doc") == {"a": 1}
+    assert issubclass(CacheArgumentError, ValueError) and issubclass(CacheArgumentError, CacheError)
+    assert issubclass(CacheArgumentTypeError, TypeError)
+
+
+async def test_factory_needs_ids(factory: type[CacheFactory]) -> None:
+    with pytest.raises(CacheArgumentError):
+        factory(tenant_id="", user_id="1")
+    with pytest.raises(CacheArgumentError):
+        factory(tenant_id="t").create_state_cache()
+    factory(tenant_id="t").create_table_cache()  # tenant-wide: no user needed
+
+
+# -- keys, scoping, isolation -------------------------------------------------------------
+
+
+def test_key_factory_produces_the_spec_keys() -> None:
+    keys = KeyFactory(
+        user_prefix="user", handler_prefix="state", table_prefix="df", pk_marker="pkid"
+    )
+    assert keys.user("hotel123", "1234567890") == "hotel123:user:1234567890"
+    assert keys.handler("hotel123", "pizza_order", "1234567890") == (
+        "hotel123:state:pizza_order:1234567890"
+    )
+    assert keys.table("hotel123", "products", "pizza_large") == (
+        "hotel123:df:products:pkid:pizza_large"
+    )
+    assert keys.user("t", "+51 999") == "t:user:+51%20999"
+    assert keys.user("a:b", "c") != keys.user("a", "b:c")
+    assert keys.user("a%3Ab", "c") != keys.user("a:b", "c")
+    assert ICache.create_table_key("user:profiles", "john:smith:123") == (
+        "user_profiles:john_smith_123"
+    )
+
+
+async def test_user_documents_are_separate(users: ICache) -> None:
+    await users.set("profile", {"name": "Sarah"})
+    await users.set("stats", {"message_count": 1})
+    await users.set_field("stats", "points", 100)
+    assert await users.get() == {"name": "Sarah"}  # key defaults to "profile"
+    assert await users.get("stats") == {"message_count": 1, "points": 100}
+
+
+async def test_table_forms(table: ICache) -> None:
+    await table.set("products", "pizza_large", {"name": "Large Pizza", "price": 15.99})
+    key = ICache.create_table_key("products", "pizza_large")
+    assert await table.get(key) == await table.get("products", "pizza_large")
+    assert await table.get_field("products", "pizza_large", "price") == 15.99
+    assert await table.get_field(key, "price") == 15.99
+    await table.set_field("products", "pizza_large", "available", False)
+    await table.set_field(key, "stock", 3)
+    assert await table.increment_field("products", "pizza_large", "stock") == 4
+    assert await table.increment_field("products", "pizza_large", "stock", 2) == 6
+    assert await table.increment_field(key, "stock", -1) == 5
+    await table.append_to_list("products", "pizza_large", "tags", "hot")
+    await table.append_to_list(key, "tags", "new")
+    assert await table.get("products", "pizza_large") == {
+        "name": "Large Pizza",
+        "price": 15.99,
+        "available": False,
+        "stock": 5,
+        "tags": ["hot", "new"],
+    }
+    # a tenant-wide document, named without ':'
+    assert await table.increment_field("stats", "messages_2025-01-15", 1, ttl=86400) == 1
+    await table.append_to_list("stats", "active_users_2025-01-15", "123", ttl=86400)
+    assert await table.get("stats") == {
+        "messages_2025-01-15": 1,
+        "active_users_2025-01-15": ["123"],
+    }
+    assert 86399 <= await table.get_ttl("stats") <= 86400
+    assert await table.set_ttl("products", "pizza_large", 60) is True
+    assert 59 <= await table.get_ttl(key) <= 60
+    assert await table.exists("products", "pizza_large") is True
+    assert await table.delete(key) is True
+    assert await table.exists("products", "pizza_large") is False
+
+
+async def test_isolation(factory: type[CacheFactory]) -> None:
+    a1 = factory(tenant_id="A", user_id="1")
+    a2 = factory(tenant_id="A", user_id="2")
+    b1 = factory(tenant_id="B", user_id="1")
+    for f in (a1, a2, b1):
+        who = f"{f.tenant_id}/{f.user_id}"
+        await f.create_state_cache().set("flow", {"who": who})
+        await f.create_user_cache().set("profile", {"who": who})
+    await a1.create_table_cache().set("t", "pk", {"tenant": "A"})
+    for f in (a1, a2, b1):
+        who = f"{f.tenant_id}/{f.user_id}"
+        assert await f.create_state_cache().get("flow") == {"who": who}
+        assert await f.create_user_cache().get("profile") == {"who": who}
+    assert await a2.create_table_cache().get("t", "pk") == {"tenant": "A"}  # tenant-wide
+    assert await b1.create_table_cache().get("t", "pk") is None
+
+
+HOSTILE = [
+    "a",
+    "a:b",
+    "b:c",
+    "a_b",
+    "b_c",
+    "c",
+    "*",
+    "?",
+    "[",
+    "]",
+    "a*",
+    "../",
+    "../../etc/passwd",
+    "..",
+    ".",
+    "/",
+    "a b",
+    " ",
+    "ünï©ødé",
+    "🍕",
+    "x" * 1024,
+    "a%3Ab",
+    "a~b",
+    "\\",
+    "\x00",
+    "state",
+    "user",
+    "df",
+    "pkid",
+]
+
+
+async def test_hostile_ids_never_collide_or_escape(
+    factory: type[CacheFactory], tmp_path: Path
+) -> None:
+    pairs = [(t, u) for t in HOSTILE[:12] for u in ("c", "b:c", "*", "../x", "x" * 1024)]
+    pairs += [(t, "1") for t in HOSTILE]
+    for tenant, user in pairs:
+        f = factory(tenant_id=tenant, user_id=user)
+        me = [tenant, user]
+        await f.create_state_cache().set(user, {"me": me})
+        await f.create_user_cache().set(tenant, {"me": me})
+        await f.create_user_cache().set_field("profile", "me", me)
+        await f.create_table_cache().set(tenant, user, {"me": me})
+        await f.create_table_cache().increment_field(user, "n")
+    for tenant, user in pairs:
+        f = factory(tenant_id=tenant, user_id=user)
+        me = [tenant, user]
+        assert await f.create_state_cache().get(user) == {"me": me}
+        assert await f.create_user_cache().get(tenant) == {"me": me}
+        assert await f.create_user_cache().get() == {"me": me}
+        assert await f.create_table_cache().get(tenant, user) == {"me": me}
+    # every document has a key of its own, and (json) no file lies outside the cache folder
+    assert await document_count(factory, tmp_path / "cache") == 5 * len(set(pairs))
+    assert [p for p in tmp_path.rglob("*") if not p.is_relative_to(tmp_path / "cache")] == []
+    for tenant, user in set(pairs):
+        table = factory(tenant_id=tenant, user_id=user).create_table_cache()
+        assert await table.get_field(user, "n") == 1
+
+
+async def document_count(factory: type[CacheFactory], cache_dir: Path) -> int:
+    if factory.backend == "memory":
+        from cache.memory import MemoryCacheFactory
+
+        return sum(len(store) for store in MemoryCacheFactory.stores.values())
+    if factory.backend == "json":
+        return len(list(cache_dir.rglob("*.json")))
+    from redis.asyncio import Redis
+
+    total = 0
+    for kind in ("user", "state", "table"):
+        client = Redis.from_url(factory.settings.url_for(kind))  # type: ignore[union-attr]
+        total += await client.dbsize()
+        await client.aclose()
+    return total
