@@ -77,18 +77,36 @@ async def main(iterations: int) -> None:
         await raw.hset("raw:profile", mapping=profile_fields)
 
         cases: list[tuple[str, Op, Op]] = [
-            ("get (model)", lambda: users.get("profile", models=Profile),
-             lambda: raw.hgetall("raw:profile")),
-            ("set (model)", lambda: users.set("profile", profile),
-             lambda: min_set(keys=["raw:profile"], args=flat)),
-            ("get_field", lambda: users.get_field("profile", "name"),
-             lambda: raw.hget("raw:profile", "name")),
-            ("set_field", lambda: users.set_field("profile", "language", "es"),
-             lambda: raw.hset("raw:profile", "language", '"es"')),
-            ("increment_field", lambda: users.increment_field("profile", "message_count"),
-             lambda: raw.hincrby("raw:profile", "message_count", 1)),
-            ("append_to_list", lambda: table.append_to_list("stats", "items", 1),
-             lambda: min_append(keys=["raw:list"], args=["items", "1"])),
+            (
+                "get (model)",
+                lambda: users.get("profile", models=Profile),
+                lambda: raw.hgetall("raw:profile"),
+            ),
+            (
+                "set (model)",
+                lambda: users.set("profile", profile),
+                lambda: min_set(keys=["raw:profile"], args=flat),
+            ),
+            (
+                "get_field",
+                lambda: users.get_field("profile", "name"),
+                lambda: raw.hget("raw:profile", "name"),
+            ),
+            (
+                "set_field",
+                lambda: users.set_field("profile", "language", "es"),
+                lambda: raw.hset("raw:profile", "language", '"es"'),
+            ),
+            (
+                "increment_field",
+                lambda: users.increment_field("profile", "message_count"),
+                lambda: raw.hincrby("raw:profile", "message_count", 1),
+            ),
+            (
+                "append_to_list",
+                lambda: table.append_to_list("stats", "items", 1),
+                lambda: min_append(keys=["raw:list"], args=["items", "1"]),
+            ),
         ]
         print(f"Redis cache ops, median of {iterations} calls each (µs), one client, loopback")
         print(f"{'operation':<18}{'parley':>10}{'floor':>10}{'ratio':>8}  floor is")

@@ -22,7 +22,7 @@ def with_db(url: str, db: int) -> str:
 
 
 class CacheSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PARLEY_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="PARLEY_", extra="ignore", populate_by_name=True)
 
     redis_url: str = "redis://localhost:6379"
     user_cache_url: str | None = None

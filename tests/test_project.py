@@ -20,7 +20,10 @@ def test_ruff_is_clean() -> None:
 def test_parley_demo_runs_with_no_service() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "workers", "demo"],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
         env={"PATH": "/usr/bin:/bin", "PARLEY_REDIS_URL": "redis://127.0.0.1:1"},
     )
     assert result.returncode == 0, result.stderr

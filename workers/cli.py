@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import socket
 
 import click
 
@@ -21,3 +24,64 @@ def demo(redis_url: str | None) -> None:
     from workers.demo import run_demo
 
     raise SystemExit(asyncio.run(run_demo(redis_url)))
+
+
+@main.command()
+@click.option("--app", "app_path", required=True, help="The app: MODULE:ATTR (a ParleyApp).")
+@click.option(
+    "--partitions",
+    default="all",
+    show_default=True,
+    help="Partitions to consume, e.g. 0-7,12 (or all).",
+)
+@click.option("--node", default=None, help="Node name (default parley-PID@HOST).")
+@click.option("--loglevel", default="INFO", show_default=True)
+def worker(app_path: str, partitions: str, node: str | None, loglevel: str) -> None:
+    """A worker node: consumes its partition queues one message at a time, in order."""
+    from workers.builder import load_app
+    from workers.partition import parse_partitions, queue_name
+    from workers.settings import set_settings
+    from workers.tasks import Runtime, celery_app, configure_celery, set_runtime
+
+    logging.basicConfig(
+        level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = load_app(app_path)
+    settings = app.settings
+    set_settings(settings)
+    configure_celery(settings)
+    if partitions == "auto":
+        raise click.UsageError(
+            "--partitions auto (automatic ownership) is not built yet; give ranges"
+        )
+    spec = f"0-{settings.partitions - 1}" if partitions == "all" else partitions
+    try:
+        owned = parse_partitions(spec, settings.partitions)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--partitions") from None
+    name = node or f"parley-{os.getpid()}"
+    runtime = Runtime(app, node=f"{name}@{socket.gethostname()}")
+    set_runtime(runtime)
+    recovered = runtime.run(runtime.recover(owned))  # before consuming anything newer
+    if recovered:
+        logging.getLogger("parley.worker").warning("finished %d in-flight envelope(s)", recovered)
+    try:
+        celery_app.worker_main(
+            [
+                "worker",
+                "--pool",
+                "solo",
+                "--concurrency",
+                "1",
+                "--queues",
+                ",".join(queue_name(p) for p in owned),
+                "--hostname",
+                f"{name}@%h",
+                "--loglevel",
+                loglevel,
+                "--without-mingle",
+                "--without-gossip",
+            ]
+        )
+    finally:
+        runtime.close()

@@ -1,0 +1,142 @@
+"""Webhooks/s through ONE worker node, next to a Celery no-op task on the same settings.
+
+Both runs use the same redis-server (broker, pipeline and caches), a solo pool with
+concurrency 1, acks_late and prefetch 1, and the same partition queues. The queues
+are filled first; the clock runs from the first message taken until every queue is
+drained and nothing is left unacked.
+
+    python -m bench.pipeline [--webhooks N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.payloads import envelope
+from tests.redis_server import RedisServer
+from workers.partition import partition_for, queue_name
+from workers.settings import Settings, set_settings
+from workers.tasks import configure_celery, publish, task_repr
+
+ROOT = Path(__file__).resolve().parent.parent
+USERS = 200
+
+
+def remaining(server: RedisServer, partitions: int) -> int:
+    pipe = server.client(3).pipeline()
+    for k in range(partitions):
+        pipe.llen(queue_name(k))
+    pipe.hlen("unacked")
+    return sum(pipe.execute())
+
+
+def run_worker(
+    command: list[str], env: dict[str, str], server: RedisServer, partitions: int
+) -> float:
+    """Webhooks/s from the first message taken until nothing is left (start-up excluded)."""
+    log = Path(tempfile.mkstemp(suffix=".log")[1])
+    total = remaining(server, partitions)
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
+        )
+        try:
+            while (left := remaining(server, partitions)) >= total:
+                if process.poll() is not None:
+                    raise RuntimeError(log.read_text())
+                time.sleep(0.002)
+            start, counted = time.perf_counter(), left
+            while remaining(server, partitions):
+                time.sleep(0.01)
+            return counted / (time.perf_counter() - start)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def main(webhooks: int) -> None:
+    server = RedisServer().start()
+    try:
+        settings = Settings(redis_url=server.url)
+        set_settings(settings)
+        env = {"PARLEY_REDIS_URL": server.url, "PARLEY_PARTITIONS": str(settings.partitions)}
+        envelopes = [envelope(f"5190{n % USERS:06d}", f"hello {n}") for n in range(webhooks)]
+
+        # the floor: the same messages, the same queues, a no-op task
+        from bench.noop import app as noop_app
+
+        configure_celery(settings, noop_app)
+        for env_ in envelopes:
+            queue = queue_name(partition_for(env_.tenant_id, env_.user_id, settings.partitions))
+            noop_app.send_task(
+                "bench.noop",
+                args=[env_.to_json()],
+                queue=queue,
+                routing_key=queue,
+                argsrepr=task_repr(env_),
+            )
+        queues = ",".join(queue_name(k) for k in range(settings.partitions))
+        floor = run_worker(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "bench.noop",
+                "worker",
+                "--pool",
+                "solo",
+                "--concurrency",
+                "1",
+                "--queues",
+                queues,
+                "--without-mingle",
+                "--without-gossip",
+                "--loglevel",
+                "WARNING",
+            ],
+            env,
+            server,
+            settings.partitions,
+        )
+
+        configure_celery(settings)
+        for env_ in envelopes:
+            publish(env_, settings)
+        ours = run_worker(
+            [
+                sys.executable,
+                "-m",
+                "workers",
+                "worker",
+                "--app",
+                "tests.apps:bench",
+                "--partitions",
+                "all",
+                "--loglevel",
+                "WARNING",
+            ],
+            env,
+            server,
+            settings.partitions,
+        )
+        done = len(server.client(3).keys("parley:done:*"))
+        assert done == webhooks, f"{done} of {webhooks} webhooks processed"
+        print(f"{webhooks} webhooks, {USERS} users, {settings.partitions} partitions, one node")
+        print(f"celery no-op task   : {floor:7.0f} tasks/s")
+        print(f"parley, 4 cache ops : {ours:7.0f} webhooks/s")
+        print(f"ratio parley / no-op floor: {ours / floor:.2f}")
+    finally:
+        server.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--webhooks", type=int, default=3000)
+    main(parser.parse_args().webhooks)

@@ -1,0 +1,53 @@
+"""Apps the worker tests load with ``parley worker --app tests.apps:NAME``.
+
+They record what they did in the caches (atomically), so a test can prove order,
+exactly-once and who ran what, from outside the worker processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+from workers import WappaBuilder, WappaEventHandler, Webhook
+
+
+class RecordingHandler(WappaEventHandler):
+    """Messages are ``"<seq>"`` or ``"<seq> <command>"``; each run appends
+    ``[seq, node, partition-less start, end]`` to the user's ``runs`` list."""
+
+    async def handle_message(self, webhook: Webhook) -> None:
+        seq_text, _, command = webhook.get_message_text().partition(" ")
+        seq = int(seq_text)
+        started = time.time()
+        if command == "fail":
+            raise RuntimeError(f"handler bug on message {seq}")
+        if command == "block":  # announce, then wait for the test to release us
+            await self.table_cache.set_field("control", "started", seq)
+            while not await self.table_cache.get_field("control", "release"):
+                await asyncio.sleep(0.02)
+        if command == "flaky-cache":  # one cache write that the test makes fail for a while
+            await self.table_cache.set_field("control", "flaky_reached", seq)
+        await self.state_cache.append_to_list("seen", "seqs", seq)
+        await self.table_cache.append_to_list(
+            "runs", "log", [webhook.user.user_id, seq, os.getpid(), started, time.time()]
+        )
+
+
+recording = WappaBuilder().with_redis_cache().with_event_handler(RecordingHandler()).build()
+
+
+class BenchHandler(WappaEventHandler):
+    """The pipeline benchmark's handler: four cache operations per webhook."""
+
+    async def handle_message(self, webhook: Webhook) -> None:
+        from examples.pizza import PizzaOrder
+
+        await self.state_cache.get("pizza_order", models=PizzaOrder)
+        await self.user_cache.set_field("profile", "last_seen", webhook.message_id)
+        await self.user_cache.increment_field("profile", "message_count")
+        await self.user_cache.append_to_list("history", "ids", webhook.message_id)
+
+
+bench = WappaBuilder().with_redis_cache().with_event_handler(BenchHandler()).build()

@@ -1,0 +1,84 @@
+"""Partitioning, settings and the builder: the parts with no process to start."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from workers import ParleyApp, WappaBuilder, WappaEventHandler
+from workers.builder import load_app
+from workers.partition import parse_partitions, partition_for, queue_name
+from workers.settings import Settings
+
+
+def test_partition_is_stable_across_processes() -> None:
+    here = [partition_for("106540352242922", f"5190000{n:04d}", 16) for n in range(50)]
+    code = (
+        "from workers.partition import partition_for;"
+        "print([partition_for('106540352242922', f'5190000{n:04d}', 16) for n in range(50)])"
+    )
+    there = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONHASHSEED": "123", "PATH": "/usr/bin:/bin"},
+    ).stdout
+    assert str(here) == there.strip()
+    assert len(set(here)) > 8  # spread over the partitions
+    assert partition_for("t", "user", 16) == partition_for("t", "user", 16)
+    assert partition_for("a:b", "c", 1024) != partition_for("a", "b:c", 1024)
+    assert queue_name(3) == "parley.p3"
+
+
+def test_parse_partitions() -> None:
+    assert parse_partitions("0-3,7, 5", 8) == [0, 1, 2, 3, 5, 7]
+    for bad in ("8", "3-1", "x", "", "0-8"):
+        with pytest.raises(ValueError):
+            parse_partitions(bad, 8)
+
+
+def test_settings_nest_timeouts() -> None:
+    with pytest.raises(ValueError, match="HANDLER_TIMEOUT"):
+        Settings(handler_timeout=4000, visibility_timeout=3600)
+    settings = Settings(redis_url="redis://cache:6380")
+    assert settings.broker == "redis://cache:6380/3" == settings.pipeline
+    assert settings.url_for("state") == "redis://cache:6380/1"
+
+
+def test_builder_as_in_the_spec(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    memory = (
+        WappaBuilder()
+        .with_whatsapp(token="...", phone_id="...", business_id="...")
+        .with_memory_cache()
+        .build()
+    )
+    json_app = (
+        WappaBuilder()
+        .with_whatsapp(token="...", phone_id="...", business_id="...")
+        .with_json_cache(tmp_path)
+        .build()
+    )
+    redis_app = (
+        WappaBuilder()
+        .with_whatsapp(token="t", phone_id="p", app_secret="s", verify_token="v")
+        .with_redis_cache("redis://localhost:6390")
+        .with_event_handler(WappaEventHandler)
+        .build()
+    )
+    assert isinstance(memory, ParleyApp) and memory.cache_factory.backend == "memory"
+    assert json_app.cache_factory.backend == "json"
+    assert json_app.settings.json_cache_dir == tmp_path
+    assert redis_app.settings.whatsapp_app_secret == "s"
+    assert redis_app.cache_factory.settings.url_for("user") == "redis://localhost:6390/0"
+    assert isinstance(redis_app.handler, WappaEventHandler)
+
+
+def test_load_app_errors() -> None:
+    assert isinstance(load_app("examples.pizza:app"), ParleyApp)
+    with pytest.raises(ValueError, match="MODULE:ATTR"):
+        load_app("examples.pizza")
+    with pytest.raises(TypeError, match="not a ParleyApp"):
+        load_app("examples.pizza:SIZES")

@@ -1,0 +1,104 @@
+"""The pipeline DB's per-webhook bookkeeping: done-markers, in-flight records, dead letters.
+
+At-least-once delivery, made narrow: a webhook whose handler completed is marked done
+before its message is acked, so a redelivery is acked without running again; the
+envelope a partition is running is recorded, so a node that starts consuming the
+partition after a crash finishes it first and nothing newer overtakes it.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass
+from importlib import resources
+
+import orjson
+from redis.asyncio import Redis
+
+from cache.keys import escape_id
+from workers.webhook import Envelope
+
+DEAD_LETTERS = "parley:dead"
+BEGIN = (resources.files("workers") / "scripts" / "begin.lua").read_text()
+
+
+def done_key(envelope: Envelope) -> str:
+    """A replay has an id of its own, so the original's marker does not skip it."""
+    event = envelope.replay_id or envelope.event_id
+    return (
+        f"parley:done:{escape_id(envelope.tenant_id, 'tenant_id')}:{escape_id(event, 'event_id')}"
+    )
+
+
+def inflight_key(partition: int) -> str:
+    return f"parley:inflight:{partition}"
+
+
+@dataclass
+class InFlight:
+    envelope: Envelope
+    node: str
+    started_at: float
+
+
+class PipelineStore:
+    def __init__(self, client: Redis, done_ttl: int) -> None:
+        self.client = client
+        self.done_ttl = done_ttl
+        self._begin = client.register_script(BEGIN)
+
+    async def begin(self, envelope: Envelope, partition: int, node: str) -> bool:
+        """``False`` when the envelope is already done (a redelivery)."""
+        started = await self._begin(
+            keys=[done_key(envelope), inflight_key(partition)],
+            args=[orjson.dumps(envelope.to_json()), node, time.time()],
+        )
+        return bool(started)
+
+    async def finish(self, envelope: Envelope, partition: int) -> None:
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.set(done_key(envelope), time.time(), ex=self.done_ttl)
+            pipe.delete(inflight_key(partition))
+            await pipe.execute()
+
+    async def dead_letter(
+        self,
+        envelope: Envelope,
+        partition: int,
+        error: BaseException,
+        handler: str,
+        attempts: int,
+        first_failure: float,
+    ) -> str:
+        entry = {
+            "envelope": orjson.dumps(envelope.to_json()),
+            "tenant_id": envelope.tenant_id,
+            "user_id": envelope.user_id,
+            "event_id": envelope.event_id,
+            "kind": envelope.kind,
+            "partition": partition,
+            "handler": handler,
+            "error_type": f"{type(error).__module__}.{type(error).__qualname__}",
+            "error": str(error)[:2000],
+            "traceback": "".join(traceback.format_exception(error))[-8000:],
+            "attempts": attempts,
+            "first_failure": first_failure,
+            "last_failure": time.time(),
+        }
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.xadd(DEAD_LETTERS, entry)  # type: ignore[arg-type]
+            pipe.set(done_key(envelope), time.time(), ex=self.done_ttl)
+            pipe.delete(inflight_key(partition))
+            entry_id, *_ = await pipe.execute()
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    async def in_flight(self, partition: int) -> InFlight | None:
+        record = await self.client.hgetall(inflight_key(partition))
+        if not record:
+            return None
+        return InFlight(
+            Envelope.from_json(orjson.loads(record[b"envelope"])),
+            record[b"node"].decode(),
+            float(record[b"started_at"]),
+        )

@@ -1,0 +1,77 @@
+"""Worker and pipeline settings: the cache settings plus broker, pipeline and WhatsApp."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, model_validator
+
+from cache.settings import CacheSettings, with_db
+
+PIPELINE_DB = 3
+
+
+class Settings(CacheSettings):
+    broker_url: str | None = None
+    pipeline_url: str | None = None
+    #: Partition count; fixed for a deployment (changing it re-routes users).
+    partitions: int = Field(default=16, gt=0, le=4096)
+    #: Seconds before the Redis broker redelivers an unacked message. Must exceed the
+    #: longest handler run, or a slow handler's message would be handed out twice.
+    visibility_timeout: int = Field(default=3600, gt=0)
+    #: Seconds between the Redis broker's scans for unacked messages past the visibility
+    #: timeout; None keeps kombu's default (a scan about every 100 s).
+    redelivery_scan_interval: int | None = Field(default=None, gt=0)
+    #: Seconds one handler call may take before it counts as failed (dead-lettered).
+    handler_timeout: float = Field(default=300.0, gt=0)
+    #: How long a done-marker keeps a redelivered webhook from running again.
+    done_ttl: int = Field(default=2 * 24 * 3600, gt=0)
+    #: Backoff of the in-place retry on transient errors: base and cap, in seconds.
+    retry_backoff: float = Field(default=0.2, gt=0)
+    retry_backoff_max: float = Field(default=10.0, gt=0)
+
+    whatsapp_token: str = Field(default="", validation_alias=AliasChoices("WHATSAPP_TOKEN"))
+    whatsapp_phone_id: str = Field(default="", validation_alias=AliasChoices("WHATSAPP_PHONE_ID"))
+    whatsapp_app_secret: str = Field(
+        default="", validation_alias=AliasChoices("WHATSAPP_APP_SECRET")
+    )
+    whatsapp_verify_token: str = Field(
+        default="", validation_alias=AliasChoices("WHATSAPP_VERIFY_TOKEN")
+    )
+    whatsapp_api_base: str = Field(
+        default="https://graph.facebook.com", validation_alias=AliasChoices("WHATSAPP_API_BASE")
+    )
+    whatsapp_api_version: str = Field(
+        default="v21.0", validation_alias=AliasChoices("WHATSAPP_API_VERSION")
+    )
+
+    @model_validator(mode="after")
+    def _timeouts_nest(self) -> Settings:
+        if self.handler_timeout >= self.visibility_timeout:
+            raise ValueError(
+                f"PARLEY_HANDLER_TIMEOUT ({self.handler_timeout}s) must be below "
+                f"PARLEY_VISIBILITY_TIMEOUT ({self.visibility_timeout}s)"
+            )
+        return self
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or with_db(self.redis_url, PIPELINE_DB)
+
+    @property
+    def pipeline(self) -> str:
+        return self.pipeline_url or with_db(self.redis_url, PIPELINE_DB)
+
+
+_settings: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process's settings, read from the environment once."""
+    global _settings
+    if _settings is None:
+        _settings = Settings()
+    return _settings
+
+
+def set_settings(settings: Settings) -> None:
+    global _settings
+    _settings = settings

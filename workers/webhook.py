@@ -1,0 +1,343 @@
+"""WhatsApp Cloud API webhooks: validation, the split into per-user envelopes, and the
+``Webhook`` object handlers receive.
+
+One Meta delivery can carry several messages and statuses for several users. The
+ingress splits it into one ``Envelope`` per message / status / error block, each a
+Meta-shaped ``value`` reduced to that one event, so a worker sees exactly what Meta
+sent about it and nothing about other users.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict
+
+Kind = Literal["message", "status", "error"]
+
+
+class InvalidWebhook(ValueError):
+    """The body is JSON but not a WhatsApp Business Account webhook; the text says why."""
+
+
+class Envelope(BaseModel):
+    """The unit of work on the queue: JSON only."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tenant_id: str
+    user_id: str
+    kind: Kind
+    event_id: str
+    received_at: float
+    payload: dict[str, Any]
+    replay_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Envelope:
+        return cls.model_validate(data)
+
+
+def _require(mapping: Any, key: str, where: str, kind: type = dict) -> Any:
+    if not isinstance(mapping, dict) or key not in mapping:
+        raise InvalidWebhook(f"{where} has no {key!r}")
+    value = mapping[key]
+    if not isinstance(value, kind):
+        raise InvalidWebhook(f"{where}.{key} must be {kind.__name__}")
+    return value
+
+
+def split_delivery(body: Any, received_at: float | None = None) -> list[Envelope]:
+    """One envelope per message, per status and per value-level ``errors`` block, in order."""
+    if not isinstance(body, dict):
+        raise InvalidWebhook("body must be a JSON object")
+    if body.get("object") != "whatsapp_business_account":
+        raise InvalidWebhook(
+            f"object must be 'whatsapp_business_account', got {body.get('object')!r}"
+        )
+    received_at = received_at if received_at is not None else datetime.now(UTC).timestamp()
+    envelopes: list[Envelope] = []
+    for i, entry in enumerate(_require(body, "entry", "body", list)):
+        for j, change in enumerate(_require(entry, "changes", f"entry[{i}]", list)):
+            where = f"entry[{i}].changes[{j}]"
+            if not isinstance(change, dict):
+                raise InvalidWebhook(f"{where} must be an object")
+            if change.get("field") != "messages":
+                continue  # account updates, templates...: not conversation events
+            value = _require(change, "value", where)
+            envelopes += _split_value(value, f"{where}.value", received_at)
+    return envelopes
+
+
+def _split_value(value: dict[str, Any], where: str, received_at: float) -> list[Envelope]:
+    metadata = _require(value, "metadata", where)
+    tenant = _require(metadata, "phone_number_id", f"{where}.metadata", str)
+    if not tenant:
+        raise InvalidWebhook(f"{where}.metadata.phone_number_id is empty")
+    contacts = value.get("contacts") or []
+    base = {"messaging_product": value.get("messaging_product", "whatsapp"), "metadata": metadata}
+
+    def contacts_of(user: str) -> list[dict[str, Any]]:
+        return [c for c in contacts if isinstance(c, dict) and c.get("wa_id") == user]
+
+    out: list[Envelope] = []
+    for k, message in enumerate(value.get("messages") or []):
+        mwhere = f"{where}.messages[{k}]"
+        user = _require(message, "from", mwhere, str)
+        message_id = _require(message, "id", mwhere, str)
+        if not user or not message_id:
+            raise InvalidWebhook(f"{mwhere} has an empty 'from' or 'id'")
+        payload = {**base, "contacts": contacts_of(user), "messages": [message]}
+        out.append(
+            Envelope(
+                tenant_id=tenant,
+                user_id=user,
+                kind="message",
+                event_id=message_id,
+                received_at=received_at,
+                payload=payload,
+            )
+        )
+    for k, status in enumerate(value.get("statuses") or []):
+        swhere = f"{where}.statuses[{k}]"
+        status_id = _require(status, "id", swhere, str)
+        state = _require(status, "status", swhere, str)
+        user = _require(status, "recipient_id", swhere, str)
+        out.append(
+            Envelope(
+                tenant_id=tenant,
+                user_id=user,
+                kind="status",
+                event_id=f"{status_id}:{state}",
+                received_at=received_at,
+                payload={**base, "statuses": [status]},
+            )
+        )
+    if value.get("errors"):
+        errors = value["errors"]
+        if not isinstance(errors, list):
+            raise InvalidWebhook(f"{where}.errors must be a list")
+        digest = hashlib.sha256(orjson.dumps(errors, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        out.append(
+            Envelope(
+                tenant_id=tenant,
+                user_id="",
+                kind="error",
+                event_id=f"error:{digest[:32]}",
+                received_at=received_at,
+                payload={**base, "errors": errors},
+            )
+        )
+    return out
+
+
+def mask_user_id(user_id: str) -> str:
+    """For logs and Flower: the last 4 characters at most, the rest masked."""
+    if not user_id:
+        return ""
+    shown = 4 if len(user_id) > 6 else 0
+    return "*" * (len(user_id) - shown) + user_id[len(user_id) - shown :]
+
+
+class WebhookUser(BaseModel):
+    user_id: str
+    user_name: str | None = None
+
+
+class MetaError(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    code: int
+    title: str = ""
+    message: str | None = None
+    details: str | None = None
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any]) -> MetaError:
+        details = (raw.get("error_data") or {}).get("details")
+        return cls(
+            code=int(raw.get("code", 0)),
+            title=raw.get("title", ""),
+            message=raw.get("message"),
+            details=details,
+        )
+
+
+class Media(BaseModel):
+    id: str | None = None
+    mime_type: str | None = None
+    caption: str | None = None
+    sha256: str | None = None
+    filename: str | None = None
+    link: str | None = None
+
+
+class Location(BaseModel):
+    latitude: float
+    longitude: float
+    name: str | None = None
+    address: str | None = None
+
+
+class Reaction(BaseModel):
+    message_id: str
+    emoji: str | None = None
+
+
+class StatusInfo(BaseModel):
+    id: str
+    status: str
+    recipient_id: str
+    timestamp: datetime | None = None
+    conversation: dict[str, Any] | None = None
+    pricing: dict[str, Any] | None = None
+    errors: list[MetaError] = []
+
+
+KNOWN_TYPES = {
+    "text",
+    "interactive",
+    "button",
+    "image",
+    "audio",
+    "video",
+    "document",
+    "sticker",
+    "location",
+    "contacts",
+    "reaction",
+}
+MEDIA_TYPES = {"image", "audio", "video", "document", "sticker"}
+
+
+def _timestamp(raw: Any) -> datetime:
+    try:
+        return datetime.fromtimestamp(int(raw), UTC)
+    except (TypeError, ValueError):
+        return datetime.now(UTC)
+
+
+class Webhook(BaseModel):
+    """What a handler receives: one message, status or error block of one tenant."""
+
+    tenant_id: str
+    user: WebhookUser
+    kind: Kind
+    message_id: str
+    message_type: str
+    timestamp: datetime
+    raw: dict[str, Any]
+    replay_id: str | None = None
+    errors: list[MetaError] = []
+
+    @property
+    def is_replay(self) -> bool:
+        return self.replay_id is not None
+
+    @classmethod
+    def from_envelope(cls, envelope: Envelope) -> Webhook:
+        payload = envelope.payload
+        contacts = payload.get("contacts") or [{}]
+        name = (contacts[0].get("profile") or {}).get("name") if contacts else None
+        common = {
+            "tenant_id": envelope.tenant_id,
+            "raw": payload,
+            "kind": envelope.kind,
+            "replay_id": envelope.replay_id,
+            "user": WebhookUser(user_id=envelope.user_id, user_name=name),
+        }
+        if envelope.kind == "message":
+            message = payload["messages"][0]
+            kind = message.get("type")
+            return cls(
+                message_id=message["id"],
+                message_type=kind if kind in KNOWN_TYPES else "unsupported",
+                timestamp=_timestamp(message.get("timestamp")),
+                errors=[MetaError.parse(e) for e in message.get("errors") or []],
+                **common,
+            )
+        if envelope.kind == "status":
+            status = payload["statuses"][0]
+            return cls(
+                message_id=status["id"],
+                message_type=status["status"],
+                timestamp=_timestamp(status.get("timestamp")),
+                errors=[MetaError.parse(e) for e in status.get("errors") or []],
+                **common,
+            )
+        return cls(
+            message_id=envelope.event_id,
+            message_type="error",
+            timestamp=datetime.fromtimestamp(envelope.received_at, UTC),
+            errors=[MetaError.parse(e) for e in payload.get("errors") or []],
+            **common,
+        )
+
+    # -- typed access to the message --------------------------------------------------
+
+    @property
+    def message(self) -> dict[str, Any]:
+        messages = self.raw.get("messages") or [{}]
+        return messages[0]
+
+    def get_message_text(self) -> str:
+        """The text a person typed or chose; "" when there is none. Never raises."""
+        message = self.message
+        kind = message.get("type")
+        if kind == "text":
+            return str((message.get("text") or {}).get("body", ""))
+        if kind == "interactive":
+            reply = self._interactive_reply()
+            return str(reply.get("title", "")) if reply else ""
+        if kind == "button":
+            return str((message.get("button") or {}).get("text", ""))
+        if kind in MEDIA_TYPES:
+            return str((message.get(kind) or {}).get("caption") or "")
+        return ""
+
+    def _interactive_reply(self) -> dict[str, Any] | None:
+        interactive = self.message.get("interactive") or {}
+        return interactive.get("button_reply") or interactive.get("list_reply")
+
+    @property
+    def interactive_reply_id(self) -> str | None:
+        if self.message.get("type") == "button":
+            return (self.message.get("button") or {}).get("payload")
+        reply = self._interactive_reply()
+        return reply.get("id") if reply else None
+
+    @property
+    def media(self) -> Media | None:
+        kind = self.message.get("type")
+        if kind not in MEDIA_TYPES:
+            return None
+        return Media.model_validate(self.message.get(kind) or {})
+
+    @property
+    def location(self) -> Location | None:
+        raw = self.message.get("location")
+        return Location.model_validate(raw) if raw else None
+
+    @property
+    def contacts(self) -> list[dict[str, Any]]:
+        return list(self.message.get("contacts") or [])
+
+    @property
+    def reaction(self) -> Reaction | None:
+        raw = self.message.get("reaction")
+        return Reaction.model_validate(raw) if raw else None
+
+    @property
+    def status(self) -> StatusInfo | None:
+        if self.kind != "status":
+            return None
+        raw = dict(self.raw["statuses"][0])
+        raw["errors"] = [MetaError.parse(e) for e in raw.get("errors") or []]
+        if raw.get("timestamp") is not None:
+            raw["timestamp"] = _timestamp(raw["timestamp"])
+        return StatusInfo.model_validate(raw)
