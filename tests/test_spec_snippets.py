@@ -1,8 +1,9 @@
 """The caching spec's snippets, with only their imports mapped (DESIGN.md), on every backend.
 
-``wappa.WappaEventHandler`` arrives with the workers; until then the snippets' handler
-methods run on ``SpecHandler``, which is injected exactly as the worker will inject: the
-three caches scoped to the webhook's tenant and user, a messenger and a logger.
+The snippets' handlers subclass ``WappaEventHandler`` (via ``SpecHandler``, which injects
+what the worker injects: the three caches scoped to the webhook's tenant and user, a
+messenger and a logger), so they run here on all three backends in-process; the worker
+tests run the same kind of handler through real Celery workers.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 from pydantic import BaseModel, Field, ValidationError
 
 from cache import CacheFactory, ICache, KeyFactory, create_cache_factory
+from workers import WappaEventHandler
 
 TENANT, USER = "hotel123", "1234567890"
 
@@ -43,13 +45,13 @@ class Messenger:
         return "wamid.test"
 
 
-class SpecHandler:
+class SpecHandler(WappaEventHandler):
     def __init__(self, factory: type[CacheFactory]) -> None:
         scoped = factory(tenant_id=TENANT, user_id=USER)
         self.state_cache = scoped.create_state_cache()
         self.user_cache = scoped.create_user_cache()
         self.table_cache = scoped.create_table_cache()
-        self.messenger = Messenger()
+        self.messenger = Messenger()  # type: ignore[assignment]
         self.logger = logging.getLogger("spec")
 
 

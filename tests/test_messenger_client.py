@@ -1,0 +1,124 @@
+"""The messenger against the fake Graph API, over real HTTP."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.fake_graph import FakeGraphAPI
+from workers.messenger import MessengerError, MessengerTransientError, WhatsAppMessenger
+
+TOKEN = "secret-token"
+
+
+@pytest.fixture
+def graph() -> Iterator[FakeGraphAPI]:
+    with FakeGraphAPI(token=TOKEN) as fake:
+        yield fake
+
+
+def messenger(graph: FakeGraphAPI, **kwargs: object) -> WhatsAppMessenger:
+    return WhatsAppMessenger(TOKEN, "1065", api_base=graph.url, backoff_base=0.01, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_every_send_has_the_cloud_api_shape(graph: FakeGraphAPI) -> None:
+    m = messenger(graph)
+    assert (await m.send_text("Hello", "51911")).startswith("wamid.")
+    await m.send_buttons("Size?", "51911", [("s", "Small"), ("l", "Large")], footer="Parley")
+    await m.send_list(
+        "Menu", "51911", "View", [{"title": "Pizza", "rows": [{"id": "p", "title": "P"}]}]
+    )
+    await m.send_image("51911", link="https://example.invalid/p.jpg", caption="Pizza")
+    await m.send_image("51911", media_id="998877")
+    await m.send_reaction("51911", "wamid.OLD", "🍕")
+    assert await m.mark_as_read("wamid.OLD") is True
+    sent = graph.wait_for(7)
+    assert [s.type for s in sent] == [
+        "text",
+        "interactive",
+        "interactive",
+        "image",
+        "image",
+        "reaction",
+        "read",
+    ]
+    assert sent[0].body == {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": "51911",
+        "type": "text",
+        "text": {"body": "Hello", "preview_url": False},
+    }
+    buttons = sent[1].body["interactive"]["action"]["buttons"]
+    assert buttons[1] == {"type": "reply", "reply": {"id": "l", "title": "Large"}}
+    assert all(s.phone_id == "1065" for s in sent)
+    await m.aclose()
+
+
+async def test_bad_arguments_fail_before_sending(graph: FakeGraphAPI) -> None:
+    m = messenger(graph)
+    with pytest.raises(ValueError, match="1 to 3"):
+        await m.send_buttons("?", "1", [("a", "A")] * 4)
+    with pytest.raises(ValueError, match="20 characters"):
+        await m.send_buttons("?", "1", [("a", "A" * 21)])
+    with pytest.raises(ValueError, match="exactly one"):
+        await m.send_image("1")
+    assert graph.requests == 0
+    await m.aclose()
+
+
+async def test_bad_token_raises_with_metas_code(graph: FakeGraphAPI) -> None:
+    m = WhatsAppMessenger("wrong", "1065", api_base=graph.url)
+    with pytest.raises(MessengerError) as caught:
+        await m.send_text("hi", "1")
+    assert caught.value.code == 190 and caught.value.status_code == 401
+    assert not isinstance(caught.value, MessengerTransientError)
+    assert graph.requests == 1  # a 4xx is not retried
+    await m.aclose()
+
+
+async def test_server_errors_are_retried(graph: FakeGraphAPI) -> None:
+    m = messenger(graph)
+    graph.fail_next(2, status=500)
+    await m.send_text("hi", "1")
+    assert graph.requests == 3 and len(graph.sent) == 1
+    await m.aclose()
+
+
+async def test_retry_after_is_honoured(graph: FakeGraphAPI) -> None:
+    m = messenger(graph)
+    graph.fail_next(1, status=429, retry_after=0.3)
+    started = time.monotonic()
+    await m.send_text("hi", "1")
+    assert time.monotonic() - started >= 0.3
+    assert graph.requests == 2
+    await m.aclose()
+
+
+async def test_exhausted_retries_are_transient(graph: FakeGraphAPI) -> None:
+    m = messenger(graph, max_retries=2)
+    graph.fail_next(5, status=503)
+    with pytest.raises(MessengerTransientError) as caught:
+        await m.send_text("hi", "1")
+    assert caught.value.status_code == 503 and graph.requests == 3
+    await m.aclose()
+
+
+async def test_timeouts_are_transient(graph: FakeGraphAPI) -> None:
+    m = messenger(graph, max_retries=1, timeout=0.2)
+    graph.fail_next(2, status=500, delay=0.5)
+    with pytest.raises(MessengerTransientError, match="unreachable"):
+        await m.send_text("hi", "1")
+    await m.aclose()
+
+
+async def test_for_tenant_shares_the_client(graph: FakeGraphAPI) -> None:
+    m = messenger(graph)
+    other = m.for_tenant("2222")
+    await other.send_text("from another number", "1")
+    await m.send_text("from the first", "1")
+    assert [s.phone_id for s in graph.wait_for(2)] == ["2222", "1065"]
+    assert other._http() is m._http()
+    await m.aclose()
