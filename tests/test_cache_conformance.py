@@ -134,6 +134,11 @@ async def test_increment(state: ICache) -> None:
     assert whole == 1.0 and type(whole) is float
     assert type(await state.increment_field("c", "w", 1)) is float
     assert await state.get("c") == {"n": 4.5, "f": 0.1 + 0.2, "w": 2.0}
+    await state.set_field("c", "big", 2**62)  # beyond a double's exact integers
+    assert await state.increment_field("c", "big", 1) == 2**62 + 1
+    with pytest.raises(CacheArgumentError, match="overflow"):
+        await state.increment_field("c", "big", 2**62)
+    assert await state.get_field("c", "big") == 2**62 + 1
 
 
 @pytest.mark.parametrize("value", ["5", True, None, [1], {"a": 1}])

@@ -11,8 +11,12 @@ end
 local needs_default = needs_default_ttl(key)
 local result
 if ARGV[5] == '0' and (not current or string.match(current, '^%-?%d+$')) then
-  redis.call('HINCRBY', key, field, ARGV[4])
-  result = redis.call('HGET', key, field)
+  local n = redis.call('HINCRBY', key, field, ARGV[4])
+  if n > -9007199254740992 and n < 9007199254740992 then
+    result = string.format('%d', n)  -- exact: a Lua number holds integers up to 2^53
+  else
+    result = redis.call('HGET', key, field)
+  end
 else
   local sum = tonumber(current or '0') + tonumber(ARGV[4])
   if sum ~= sum or sum == math.huge or sum == -math.huge then
