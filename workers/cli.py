@@ -9,6 +9,8 @@ import socket
 
 import click
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
 
 @click.group()
 def main() -> None:
@@ -24,6 +26,41 @@ def demo(redis_url: str | None) -> None:
     from workers.demo import run_demo
 
     raise SystemExit(asyncio.run(run_demo(redis_url)))
+
+
+@main.command()
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", "processes", default=1, show_default=True, type=int)
+@click.option(
+    "--insecure-skip-signature",
+    is_flag=True,
+    help="Accept unsigned webhooks. Local development only; logged loudly.",
+)
+@click.option("--log-level", default="info", show_default=True)
+def ingress(
+    host: str, port: int, processes: int, insecure_skip_signature: bool, log_level: str
+) -> None:
+    """The webhook endpoint (uvicorn serving ingress.app:app)."""
+    import uvicorn
+
+    from ingress.app import INSECURE_ENV, create_app
+
+    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
+    if insecure_skip_signature:
+        os.environ[INSECURE_ENV] = "1"
+    try:
+        create_app(skip_signature=insecure_skip_signature)  # fail before binding, not per worker
+    except RuntimeError as exc:
+        raise click.UsageError(str(exc)) from None
+    uvicorn.run(
+        "ingress.app:app",
+        host=host,
+        port=port,
+        workers=processes,
+        log_level=log_level,
+        access_log=False,
+    )
 
 
 @main.command()

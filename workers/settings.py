@@ -17,6 +17,10 @@ class Settings(CacheSettings):
     #: Seconds before the Redis broker redelivers an unacked message. Must exceed the
     #: longest handler run, or a slow handler's message would be handed out twice.
     visibility_timeout: int = Field(default=3600, gt=0)
+    #: Ingress: the largest body accepted (Meta's largest payload is 3 MiB).
+    max_body_bytes: int = Field(default=3 * 1024 * 1024, gt=0)
+    #: Ingress: how long an accepted message/status id keeps a retry from being enqueued.
+    dedup_ttl: int = Field(default=24 * 3600, gt=0)
     #: Seconds between the Redis broker's scans for unacked messages past the visibility
     #: timeout; None keeps kombu's default (a scan about every 100 s).
     redelivery_scan_interval: int | None = Field(default=None, gt=0)

@@ -86,6 +86,9 @@ def _split_value(value: dict[str, Any], where: str, received_at: float) -> list[
     def contacts_of(user: str) -> list[dict[str, Any]]:
         return [c for c in contacts if isinstance(c, dict) and c.get("wa_id") == user]
 
+    for name in ("messages", "statuses", "contacts"):
+        if not isinstance(value.get(name) or [], list):
+            raise InvalidWebhook(f"{where}.{name} must be a list")
     out: list[Envelope] = []
     for k, message in enumerate(value.get("messages") or []):
         mwhere = f"{where}.messages[{k}]"

@@ -1,0 +1,358 @@
+"""The ingress over real HTTP (uvicorn on loopback) with the tests' redis-server."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ingress.accept import REPLAY_LOG, celery_message
+from ingress.app import create_app
+from tests.http_server import ServedApp
+from tests.payloads import PHONE_ID, delivery, envelope, text_message
+from tests.redis_server import RedisServer
+from tests.test_workers_e2e import PARTITIONS, wait_for
+from tests.worker_process import WorkerProcess
+from workers.partition import partition_for, queue_name
+from workers.settings import Settings, set_settings
+from workers.tasks import configure_celery, publish
+
+SECRET = "app-secret"
+VERIFY = "verify-me"
+
+
+def sign(body: bytes, secret: str = SECRET) -> dict[str, str]:
+    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return {"X-Hub-Signature-256": f"sha256={digest}", "Content-Type": "application/json"}
+
+
+def make_settings(url: str, **overrides: Any) -> Settings:
+    return Settings(
+        redis_url=url,
+        partitions=PARTITIONS,
+        whatsapp_app_secret=SECRET,
+        whatsapp_verify_token=VERIFY,
+        max_body_bytes=64 * 1024,
+        **overrides,
+    )
+
+
+@pytest.fixture
+def ingress(redis_url: str) -> Iterator[httpx.Client]:
+    with (
+        ServedApp(create_app(make_settings(redis_url))) as served,
+        httpx.Client(base_url=served.url) as client,
+    ):
+        yield client
+
+
+def pipeline_keys(server: RedisServer) -> int:
+    return server.client(3).dbsize()
+
+
+def queued(server: RedisServer) -> dict[int, int]:
+    broker = server.client(3)
+    return {k: n for k in range(PARTITIONS) if (n := broker.llen(queue_name(k)))}
+
+
+def users_in_two_partitions() -> tuple[str, str]:
+    first = "51900000001"
+    n = 2
+    while partition_for(PHONE_ID, f"519{n:08d}", PARTITIONS) == partition_for(
+        PHONE_ID, first, PARTITIONS
+    ):
+        n += 1
+    return first, f"519{n:08d}"
+
+
+# -- verification -------------------------------------------------------------------------
+
+
+def test_verification_handshake(ingress: httpx.Client) -> None:
+    ok = ingress.get(
+        "/webhook",
+        params={"hub.mode": "subscribe", "hub.verify_token": VERIFY, "hub.challenge": "1158201444"},
+    )
+    assert ok.status_code == 200 and ok.text == "1158201444"
+    assert ok.headers["content-type"].startswith("text/plain")
+    for params in (
+        {"hub.mode": "subscribe", "hub.verify_token": "wrong", "hub.challenge": "1"},
+        {"hub.mode": "unsubscribe", "hub.verify_token": VERIFY, "hub.challenge": "1"},
+        {"hub.mode": "subscribe", "hub.challenge": "1"},
+        {"hub.mode": "subscribe", "hub.verify_token": VERIFY},
+        {},
+    ):
+        assert ingress.get("/webhook", params=params).status_code == 403, params
+
+
+def test_refuses_to_start_without_a_secret(redis_url: str) -> None:
+    with pytest.raises(RuntimeError, match="WHATSAPP_APP_SECRET"):
+        create_app(Settings(redis_url=redis_url))
+
+
+# -- accepting ------------------------------------------------------------------------------
+
+
+def test_signed_delivery_is_logged_and_enqueued(
+    ingress: httpx.Client, redis_server: RedisServer
+) -> None:
+    first, second = users_in_two_partitions()
+    body = orjson.dumps(
+        delivery(
+            [
+                text_message(first, "one"),
+                text_message(second, "two"),
+                text_message(first, "three"),
+            ]
+        )
+    )
+    response = ingress.post("/webhook", content=body, headers=sign(body))
+    assert response.status_code == 200 and response.json() == {"accepted": 3, "duplicates": 0}
+    expected = {
+        partition_for(PHONE_ID, first, PARTITIONS): 2,
+        partition_for(PHONE_ID, second, PARTITIONS): 1,
+    }
+    assert queued(redis_server) == expected  # 3 envelopes in 2 partitions
+    log = redis_server.client(3).xrange(REPLAY_LOG)
+    assert [orjson.loads(fields[b"envelope"])["user_id"] for _, fields in log] == [
+        first,
+        second,
+        first,
+    ]
+    assert {fields[b"tenant"] for _, fields in log} == {PHONE_ID.encode()}
+    # the same delivery again (Meta retries): acknowledged, not enqueued again
+    again = ingress.post("/webhook", content=body, headers=sign(body))
+    assert again.status_code == 200 and again.json() == {"accepted": 0, "duplicates": 3}
+    assert queued(redis_server) == expected and len(redis_server.client(3).xrange(REPLAY_LOG)) == 3
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status"),
+    [
+        (b'{"object":"whatsapp_business_account","entry":[]}', {}, 401),
+        (
+            b'{"object":"whatsapp_business_account","entry":[]}',
+            {"X-Hub-Signature-256": "sha256=" + "0" * 64},
+            401,
+        ),
+        (b'{"object":"whatsapp_business_account","entry":[]}', sign(b"another body"), 401),
+        (b'{"object":"whatsapp_business_account","entry":[]}', sign(b"x", secret="other"), 401),
+        (b"not json at all", sign(b"not json at all"), 400),
+        (b'{"object":"page","entry":[]}', sign(b'{"object":"page","entry":[]}'), 400),
+        (
+            b'{"object":"whatsapp_business_account","entry":[{"changes":[{"field":"messages","value":{}}]}]}',
+            sign(
+                b'{"object":"whatsapp_business_account","entry":[{"changes":[{"field":"messages","value":{}}]}]}'
+            ),
+            400,
+        ),
+        (b"[1,2,3]", sign(b"[1,2,3]"), 400),
+        (b"x" * (64 * 1024 + 1), sign(b"x" * (64 * 1024 + 1)), 413),
+    ],
+)
+def test_bad_input_is_refused_and_nothing_recorded(
+    ingress: httpx.Client,
+    redis_server: RedisServer,
+    body: bytes,
+    headers: dict[str, str],
+    status: int,
+) -> None:
+    response = ingress.post("/webhook", content=body, headers=headers)
+    assert response.status_code == status, response.text
+    assert "error" in response.json()
+    assert pipeline_keys(redis_server) == 0
+
+
+def test_message_has_celerys_own_shape(redis_url: str, redis_server: RedisServer) -> None:
+    settings = make_settings(redis_url)
+    configure_celery(settings)
+    env = envelope("51900000009", "hi")
+    partition = publish(env, settings)
+    theirs = json.loads(redis_server.client(3).lpop(queue_name(partition)))
+    ours = json.loads(celery_message(env, queue_name(partition)))
+    assert ours.keys() == theirs.keys()
+    assert ours["headers"].keys() == theirs["headers"].keys()
+    assert ours["properties"]["delivery_info"] == theirs["properties"]["delivery_info"]
+    assert ours["headers"]["argsrepr"] == theirs["headers"]["argsrepr"]
+
+
+def test_health(ingress: httpx.Client) -> None:
+    assert ingress.get("/healthz").json() == {"status": "alive"}
+    assert ingress.get("/readyz").status_code == 200
+
+
+# -- with a real worker ---------------------------------------------------------------------
+
+
+def test_twice_delivered_is_processed_once_by_a_real_worker(
+    ingress: httpx.Client, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    first, second = users_in_two_partitions()
+    body = orjson.dumps(
+        delivery(
+            [
+                text_message(first, "1"),
+                text_message(second, "1"),
+                text_message(first, "2"),
+            ]
+        )
+    )
+    for _ in range(2):
+        assert ingress.post("/webhook", content=body, headers=sign(body)).status_code == 200
+    worker = WorkerProcess(
+        "tests.apps:recording",
+        "all",
+        {"PARLEY_REDIS_URL": redis_server.url, "PARLEY_PARTITIONS": str(PARTITIONS)},
+        tmp_path,
+        "ingress-node",
+    ).wait_ready()
+    try:
+        state = redis_server.client(1)
+
+        def seqs(user: str) -> list[int]:
+            raw = state.hget(f"{PHONE_ID}:state:seen:{user}", "seqs")
+            return orjson.loads(raw) if raw else []
+
+        wait_for(lambda: seqs(first) == [1, 2] and seqs(second) == [1], what="three envelopes")
+        wait_for(lambda: not queued(redis_server) and not redis_server.client(3).hlen("unacked"))
+        assert seqs(first) == [1, 2] and seqs(second) == [1]
+    finally:
+        worker.stop()
+
+
+def test_outage_answers_503_then_the_retry_is_processed_once(tmp_path: Path) -> None:
+    server = RedisServer().start()
+    try:
+        settings = make_settings(server.url)
+        set_settings(settings)
+        body = orjson.dumps(delivery([text_message("51977777777", "7")]))
+        with ServedApp(create_app(settings)) as served, httpx.Client(base_url=served.url) as client:
+            server.stop()
+            for _ in range(3):
+                assert client.post("/webhook", content=body, headers=sign(body)).status_code == 503
+            assert client.get("/readyz").status_code == 503
+            server.start()
+            assert client.get("/readyz").status_code == 200
+            response = client.post("/webhook", content=body, headers=sign(body))
+            assert response.status_code == 200 and response.json()["accepted"] == 1
+        worker = WorkerProcess(
+            "tests.apps:recording",
+            "all",
+            {"PARLEY_REDIS_URL": server.url, "PARLEY_PARTITIONS": str(PARTITIONS)},
+            tmp_path,
+            "after-outage",
+        ).wait_ready()
+        try:
+            state = server.client(1)
+            wait_for(lambda: state.hget(f"{PHONE_ID}:state:seen:51977777777", "seqs") == b"[7]")
+            wait_for(lambda: not queued(server) and not server.client(3).hlen("unacked"))
+            assert state.hget(f"{PHONE_ID}:state:seen:51977777777", "seqs") == b"[7]"
+        finally:
+            worker.stop()
+    finally:
+        server.close()
+
+
+# -- fuzz -------------------------------------------------------------------------------------
+
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@FUZZ
+@given(
+    body=st.binary(max_size=2048),
+    signature=st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=80),
+    signed=st.booleans(),
+)
+def test_fuzz_unsigned_or_garbage_never_500_never_enqueued(
+    ingress: httpx.Client, redis_server: RedisServer, body: bytes, signature: str, signed: bool
+) -> None:
+    headers = {"X-Hub-Signature-256": signature}
+    if signed:
+        headers = sign(body)
+    response = ingress.post("/webhook", content=body, headers=headers)
+    assert response.status_code in (200, 400, 401, 413)
+    if not signed:
+        assert response.status_code == 401
+    assert pipeline_keys(redis_server) == 0  # random bytes are never a valid delivery
+
+
+@FUZZ
+@given(
+    path=st.lists(
+        st.sampled_from(
+            [
+                "entry",
+                0,
+                "changes",
+                0,
+                "value",
+                "messages",
+                "metadata",
+                "contacts",
+                "statuses",
+                "from",
+                "id",
+            ]
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    value=json_values,
+)
+def test_fuzz_signed_mutations_never_500(
+    ingress: httpx.Client, redis_server: RedisServer, path: list[Any], value: Any
+) -> None:
+    payload = delivery([text_message("51900000077", "fuzz")])
+    target: Any = payload
+    for step in path[:-1]:
+        try:
+            target = target[step]
+        except (KeyError, IndexError, TypeError):
+            break
+    key = path[-1]
+    fits_dict = isinstance(target, dict) and isinstance(key, str)
+    fits_list = isinstance(target, list) and isinstance(key, int) and key < len(target)
+    if fits_dict or fits_list:
+        target[key] = value
+    body = orjson.dumps(payload)
+    before = len(redis_server.client(3).xrange(REPLAY_LOG))
+    response = ingress.post("/webhook", content=body, headers=sign(body))
+    assert response.status_code in (200, 400), response.text
+    after = len(redis_server.client(3).xrange(REPLAY_LOG))
+    if response.status_code == 400:
+        assert after == before
+
+
+@FUZZ
+@given(
+    params=st.dictionaries(
+        st.sampled_from(["hub.mode", "hub.verify_token", "hub.challenge", "x"]),
+        st.text(max_size=30),
+        max_size=4,
+    )
+)
+def test_fuzz_verification(ingress: httpx.Client, params: dict[str, str]) -> None:
+    response = ingress.get("/webhook", params=params)
+    valid = (
+        params.get("hub.mode") == "subscribe"
+        and params.get("hub.verify_token") == VERIFY
+        and "hub.challenge" in params
+    )
+    assert response.status_code == (200 if valid else 403)
