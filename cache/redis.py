@@ -15,7 +15,7 @@ import asyncio
 import weakref
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
@@ -58,16 +58,16 @@ def _ttl_arg(ttl: int | None) -> str | int:
     return "" if ttl is None else ttl
 
 
-async def _evalsha(
-    client: Redis, script: AsyncScript, key: str, args: tuple[object, ...]
-) -> object:
+async def evalsha(
+    client: Redis, script: AsyncScript, keys: list[str], args: tuple[object, ...] | list[object]
+) -> Any:
     """EVALSHA of a registered ``Script``, loading it on NOSCRIPT (after SCRIPT FLUSH or a
     restart). ``Script.__call__`` does the same but measured ~13 µs slower per call."""
     try:
-        return await client.evalsha(script.sha, 1, key, *args)
+        return await client.evalsha(script.sha, len(keys), *keys, *args)
     except NoScriptError:
         script.sha = await client.script_load(script.script)
-        return await client.evalsha(script.sha, 1, key, *args)
+        return await client.evalsha(script.sha, len(keys), *keys, *args)
 
 
 class RedisStore:
@@ -157,7 +157,7 @@ class RedisStore:
         if script is None:
             self._connection()
             script = self._scripts[name]
-        return await self._call(key, field, lambda client: _evalsha(client, script, key, args))
+        return await self._call(key, field, lambda client: evalsha(client, script, [key], args))
 
     async def get(self, key: str) -> Fields | None:
         raw = await self._call(key, None, lambda client: client.hgetall(key))

@@ -21,6 +21,7 @@ import orjson
 from redis.asyncio import Redis
 
 from cache.keys import escape_id
+from cache.redis import evalsha
 from workers.partition import partition_for, queue_name
 from workers.settings import Settings
 from workers.tasks import TASK_NAME, celery_app, publish, task_repr
@@ -38,28 +39,46 @@ def seen_key(envelope: Envelope) -> str:
     )
 
 
-def celery_message(envelope: Envelope, queue: str) -> bytes:
-    """The JSON Celery's Redis transport puts on a queue for ``publish(envelope)``."""
-    task_id = str(uuid.uuid4())
+def _template() -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
+    """Headers, properties and body of a task message, from Celery's own ``as_task_v2``,
+    built once: per message only the ids, the args and their repr change."""
     headers, properties, body, _ = celery_app.amqp.as_task_v2(
-        task_id,
+        "ID",
         TASK_NAME,
-        args=[envelope.to_json()],
+        args=[],
         kwargs={},
-        argsrepr=task_repr(envelope),
+        argsrepr="",
         kwargsrepr="{}",
-        shadow=f"parley.{envelope.kind}",
+        shadow="",
         origin=ORIGIN,
         ignore_result=True,
     )
+    return headers, properties, list(body)
+
+
+_HEADERS, _PROPERTIES, _BODY = _template()
+
+
+def celery_message(envelope: Envelope, queue: str) -> bytes:
+    """The JSON Celery's Redis transport puts on a queue for ``publish(envelope)``."""
+    task_id = str(uuid.uuid4())
+    _, kwargs, embed = _BODY
+    body = orjson.dumps([[envelope.to_json()], kwargs, embed])
     return orjson.dumps(
         {
-            "body": base64.b64encode(orjson.dumps(body)).decode(),
+            "body": base64.b64encode(body).decode(),
             "content-encoding": "utf-8",
             "content-type": "application/json",
-            "headers": headers,
+            "headers": {
+                **_HEADERS,
+                "id": task_id,
+                "root_id": task_id,
+                "argsrepr": task_repr(envelope),
+                "shadow": f"parley.{envelope.kind}",
+            },
             "properties": {
-                **properties,
+                **_PROPERTIES,
+                "correlation_id": task_id,
                 "delivery_mode": 2,
                 "delivery_info": {"exchange": "", "routing_key": queue},
                 "priority": 0,
@@ -97,14 +116,16 @@ class Acceptor:
                 f"{envelope.tenant_id}|{envelope.user_id}|{envelope.kind}",
             ]
         if self.one_round_trip:
-            ids = await self._accept(keys=keys, args=args)
+            ids = await evalsha(self.client, self._accept, keys, args)
             return [i.decode() if i else None for i in ids]
         return await self._accept_then_publish(envelopes, keys, args)
 
     async def _accept_then_publish(
         self, envelopes: list[Envelope], keys: list[str], args: list[Any]
     ) -> list[str | None]:
-        ids = [i.decode() if i else None for i in await self._accept(keys=keys, args=args)]
+        ids = [
+            i.decode() if i else None for i in await evalsha(self.client, self._accept, keys, args)
+        ]
         try:
             for envelope, log_id in zip(envelopes, ids, strict=True):
                 if log_id:

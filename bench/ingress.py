@@ -1,0 +1,206 @@
+"""Accepted signed webhooks/s and p50/p99 latency of the real ingress (uvicorn, one
+worker, Redis), next to a bare FastAPI route on the same server settings, same run.
+
+Load comes from wrk (``apt-get install -y wrk``) with 32 connections, cycling through
+pre-signed ~1.2 KB deliveries that each carry a new message id, so every request is
+a new webhook (no dedup shortcut).
+
+    python -m bench.ingress [--seconds S] [--connections C]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+
+from tests.payloads import delivery, text_message
+from tests.redis_server import RedisServer, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "bench-secret"
+LUA = """
+local threads = 0
+function setup(thread)
+  thread:set("id", threads)
+  threads = threads + 1
+end
+local requests = {}
+local i = 0
+function init(args)
+  for line in io.lines(args[1]) do
+    local sig, body = line:match("^(%S+)\\t(.*)$")
+    requests[#requests + 1] = wrk.format("POST", "/webhook",
+      {["Content-Type"] = "application/json", ["X-Hub-Signature-256"] = sig}, body)
+  end
+  i = id * 30000  -- each of the two threads sends its own half: no duplicates
+end
+function request()
+  i = i % #requests + 1
+  return requests[i]
+end
+"""
+
+
+def write_requests(count: int, folder: Path) -> Path:
+    path = folder / "requests.tsv"
+    filler = "x" * 800  # brings the signed body to ~1.2 KB
+    with path.open("wb") as out:
+        for n in range(count):
+            body = orjson.dumps(
+                delivery(
+                    [
+                        text_message(
+                            f"5199{n % 5000:07d}", f"order {n} {filler}", f"wamid.BENCH{n:012d}"
+                        )
+                    ]
+                )
+            )
+            sig = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+            out.write(sig.encode() + b"\t" + body + b"\n")
+    return path
+
+
+def serve(command: list[str], port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5)
+            return process
+        except httpx.HTTPError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"{command} did not start") from None
+            time.sleep(0.05)
+
+
+def wrk(
+    port: int, seconds: int, connections: int, script: Path, requests: Path
+) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t2",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{port}/webhook",
+            "--",
+            str(requests),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    unit = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+    def latency(pct: str) -> float:
+        value, suffix = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+        return float(value) * unit[suffix]
+
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "p50": latency("50"),
+        "p99": latency("99"),
+        "errors": float(non_2xx.group(1)) if non_2xx else 0.0,
+    }
+
+
+def main(seconds: int, connections: int) -> None:
+    if shutil.which("wrk") is None:
+        sys.exit("bench/ingress.py needs wrk: apt-get install -y wrk")
+    server = RedisServer().start()
+    folder = Path(tempfile.mkdtemp())
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        requests = write_requests(60_000, folder)
+        script = folder / "post.lua"
+        script.write_text(LUA)
+        env = {"PARLEY_REDIS_URL": server.url, "WHATSAPP_APP_SECRET": SECRET}
+        bare_port, ingress_port = free_port(), free_port()
+        uvicorn_flags = ["--workers", "1", "--log-level", "warning"]
+        processes.append(
+            serve(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "bench.bare:app",
+                    "--port",
+                    str(bare_port),
+                    "--no-access-log",
+                    *uvicorn_flags[:2],
+                    "--log-level",
+                    "warning",
+                ],
+                bare_port,
+                env,
+            )
+        )
+        processes.append(
+            serve(
+                [
+                    sys.executable,
+                    "-m",
+                    "workers",
+                    "ingress",
+                    "--port",
+                    str(ingress_port),
+                    "--host",
+                    "127.0.0.1",
+                    "--log-level",
+                    "warning",
+                ],
+                ingress_port,
+                env,
+            )
+        )
+        bare = wrk(bare_port, seconds, connections, script, requests)
+        ours = wrk(ingress_port, seconds, connections, script, requests)
+        accepted = server.client(3).xlen("parley:log")
+        print(f"uvicorn 1 worker, wrk -t2 -c{connections} -d{seconds}s, ~1.2 KB signed bodies")
+        print(f"{'endpoint':<22}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
+        print(
+            f"{'bare FastAPI 200':<22}{bare['rps']:>9.0f}{bare['p50']:>9.2f}{bare['p99']:>9.2f}"
+            f"{bare['errors']:>9.0f}"
+        )
+        print(
+            f"{'parley ingress':<22}{ours['rps']:>9.0f}{ours['p50']:>9.2f}{ours['p99']:>9.2f}"
+            f"{ours['errors']:>9.0f}"
+        )
+        print(f"webhooks accepted into the replay log and queues: {accepted}")
+        print(f"ratio parley ingress / bare FastAPI: {ours['rps'] / bare['rps']:.2f}")
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=30)
+        server.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args()
+    main(args.seconds, args.connections)
