@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -266,7 +267,11 @@ def test_outage_answers_503_then_the_retry_is_processed_once(tmp_path: Path) -> 
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
     lambda inner: (
         st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
     ),
@@ -356,3 +361,23 @@ def test_fuzz_verification(ingress: httpx.Client, params: dict[str, str]) -> Non
         and "hub.challenge" in params
     )
     assert response.status_code == (200 if valid else 403)
+
+
+async def test_concurrent_deliveries_share_round_trips_and_still_dedup(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    bodies = [
+        orjson.dumps(delivery([text_message(f"5198{n:07d}", "hi", f"wamid.CONC{n}")]))
+        for n in range(60)
+    ]
+    bodies += bodies[:10]  # the same deliveries again, concurrently with the first
+    with ServedApp(create_app(make_settings(redis_url))) as served:
+        async with httpx.AsyncClient(base_url=served.url) as client:
+            responses = await asyncio.gather(
+                *(client.post("/webhook", content=b, headers=sign(b)) for b in bodies)
+            )
+    assert [r.status_code for r in responses] == [200] * 70
+    assert sum(r.json()["accepted"] for r in responses) == 60
+    assert sum(r.json()["duplicates"] for r in responses) == 10
+    assert redis_server.client(3).xlen(REPLAY_LOG) == 60
+    assert sum(queued(redis_server).values()) == 60
