@@ -12,9 +12,7 @@ the marks if publishing fails.
 from __future__ import annotations
 
 import asyncio
-import base64
-import socket
-import uuid
+import time
 from importlib import resources
 from typing import Any
 
@@ -23,70 +21,20 @@ from redis.asyncio import Redis
 
 from cache.keys import escape_id
 from cache.redis import evalsha
+from workers.messages import celery_message
 from workers.partition import partition_for, queue_name
+from workers.pipeline import REPLAY_LOG
 from workers.settings import Settings
-from workers.tasks import TASK_NAME, celery_app, publish, task_repr
+from workers.tasks import publish
 from workers.webhook import Envelope
 
-REPLAY_LOG = "parley:log"
 ACCEPT = (resources.files("ingress") / "scripts" / "accept.lua").read_text()
-ORIGIN = f"parley-ingress@{socket.gethostname()}"
 
 
 def seen_key(envelope: Envelope) -> str:
     return (
         f"parley:seen:{escape_id(envelope.tenant_id, 'tenant_id')}:"
         f"{escape_id(envelope.event_id, 'event_id')}"
-    )
-
-
-def _template() -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
-    """Headers, properties and body of a task message, from Celery's own ``as_task_v2``,
-    built once: per message only the ids, the args and their repr change."""
-    headers, properties, body, _ = celery_app.amqp.as_task_v2(
-        "ID",
-        TASK_NAME,
-        args=[],
-        kwargs={},
-        argsrepr="",
-        kwargsrepr="{}",
-        shadow="",
-        origin=ORIGIN,
-        ignore_result=True,
-    )
-    return headers, properties, list(body)
-
-
-_HEADERS, _PROPERTIES, _BODY = _template()
-
-
-def celery_message(envelope: Envelope, queue: str) -> bytes:
-    """The JSON Celery's Redis transport puts on a queue for ``publish(envelope)``."""
-    task_id = str(uuid.uuid4())
-    _, kwargs, embed = _BODY
-    body = orjson.dumps([[envelope.to_json()], kwargs, embed])
-    return orjson.dumps(
-        {
-            "body": base64.b64encode(body).decode(),
-            "content-encoding": "utf-8",
-            "content-type": "application/json",
-            "headers": {
-                **_HEADERS,
-                "id": task_id,
-                "root_id": task_id,
-                "argsrepr": task_repr(envelope),
-                "shadow": f"parley.{envelope.kind}",
-            },
-            "properties": {
-                **_PROPERTIES,
-                "correlation_id": task_id,
-                "delivery_mode": 2,
-                "delivery_info": {"exchange": "", "routing_key": queue},
-                "priority": 0,
-                "body_encoding": "base64",
-                "delivery_tag": str(uuid.uuid4()),
-            },
-        }
     )
 
 
@@ -126,6 +74,11 @@ class Acceptor:
             ]
         return keys, args
 
+    def _retention(self) -> tuple[str, int]:
+        """The oldest replay-log id to keep (by age) and the most entries (0: no cap)."""
+        oldest_ms = int((time.time() - self.settings.replay_retention.total_seconds()) * 1000)
+        return f"{max(oldest_ms, 0)}-0", self.settings.replay_max_entries or 0
+
     async def accept(self, envelopes: list[Envelope]) -> list[str | None]:
         """Per envelope its replay-log id, or None for a duplicate. Raises on backend
         failure, having marked nothing as seen."""
@@ -144,7 +97,7 @@ class Acceptor:
         while self._pending:
             batch, self._pending = self._pending[: self.BATCH], self._pending[self.BATCH :]
             keys: list[str] = [REPLAY_LOG]
-            args: list[Any] = [self.settings.dedup_ttl]
+            args: list[Any] = [self.settings.dedup_ttl, *self._retention()]
             for batch_keys, batch_args, _ in batch:
                 keys += batch_keys
                 args += batch_args
@@ -168,7 +121,7 @@ class Acceptor:
         self, envelopes: list[Envelope], keys: list[str], args: list[Any]
     ) -> list[str | None]:
         keys = [REPLAY_LOG, *keys]
-        args = [self.settings.dedup_ttl, *args]
+        args = [self.settings.dedup_ttl, *self._retention(), *args]
         ids = [
             i.decode() if i else None for i in await evalsha(self.client, self._accept, keys, args)
         ]

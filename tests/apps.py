@@ -51,3 +51,33 @@ class BenchHandler(WappaEventHandler):
 
 
 bench = WappaBuilder().with_redis_cache().with_event_handler(BenchHandler()).build()
+
+
+class LedgerHandler(WappaEventHandler):
+    """Deterministic: the caches end up the same whenever the same webhooks replay in
+    the same order."""
+
+    async def handle_message(self, webhook: Webhook) -> None:
+        text = webhook.get_message_text()
+        count = await self.user_cache.increment_field("profile", "messages")
+        await self.user_cache.set_field("profile", "last", text)
+        await self.state_cache.append_to_list("ledger", "texts", text)
+        await self.table_cache.increment_field("totals", "messages")
+        await self.table_cache.set("last_by_user", webhook.user.user_id, {"n": count})
+
+
+ledger = WappaBuilder().with_redis_cache().with_event_handler(LedgerHandler()).build()
+
+
+class PoisonHandler(WappaEventHandler):
+    """Fails on "poison …" until the table flag ``fixed`` is set, and always on "always …"."""
+
+    async def handle_message(self, webhook: Webhook) -> None:
+        text = webhook.get_message_text()
+        fixed = await self.table_cache.get_field("control", "fixed")
+        if text.startswith("always") or (text.startswith("poison") and not fixed):
+            raise ValueError(f"cannot digest {webhook.message_id}")
+        await self.state_cache.append_to_list("seen", "texts", text)
+
+
+poison = WappaBuilder().with_redis_cache().with_event_handler(PoisonHandler()).build()

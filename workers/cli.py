@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
+import time
+from typing import Any
 
 import click
 
@@ -122,3 +125,194 @@ def worker(app_path: str, partitions: str, node: str | None, loglevel: str) -> N
         )
     finally:
         runtime.close()
+
+
+def _console() -> Any:
+    """Rich output; wide when piped, so tables are not cut to 80 columns."""
+    import sys
+
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def _pipeline_client() -> tuple[Any, Any]:
+    import redis
+
+    from workers.settings import get_settings
+
+    settings = get_settings()
+    return redis.Redis.from_url(settings.pipeline), settings
+
+
+@main.command()
+@click.option("--since", default=None, help="ISO time, a duration back (2h, 7d) or a stream id.")
+@click.option("--until", default=None, help="Same forms as --since.")
+@click.option("--tenant", default=None, help="Only this tenant (phone number id).")
+@click.option("--user", default=None, help="Only this user id.")
+@click.option("--type", "kind", type=click.Choice(["message", "status", "error"]), default=None)
+@click.option("--dead", is_flag=True, help="Replay dead letters instead of the log.")
+@click.option("--dry-run", is_flag=True, help="Show what would be replayed; send nothing.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--rate", type=float, default=None, help="At most N envelopes per second.")
+def replay(
+    since: str | None,
+    until: str | None,
+    tenant: str | None,
+    user: str | None,
+    kind: str | None,
+    dead: bool,
+    dry_run: bool,
+    yes: bool,
+    rate: float | None,
+) -> None:
+    """Re-enqueue accepted webhooks (or dead letters), in their original order."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+    from rich.table import Table
+
+    from workers.pipeline import DEAD_LETTERS, REPLAY_LOG
+    from workers.replay import enqueue, select, stream_bound, summary
+
+    console = _console()
+    client, settings = _pipeline_client()
+    try:
+        bounds = stream_bound(since), stream_bound(until, end=True)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    stream = DEAD_LETTERS if dead else REPLAY_LOG
+    entries = list(select(client, stream, *bounds, tenant=tenant, user=user, kind=kind))
+    what = "dead letters" if dead else "logged webhooks"
+    console.print(f"{len(entries)} {what} match ({bounds[0]} .. {bounds[1]})")
+    if dry_run:
+        for name, counts in summary(entries, settings).items():
+            table = Table(name, "envelopes", title=f"by {name}")
+            for key, count in sorted(counts.items()):
+                table.add_row(key, str(count))
+            console.print(table)
+        return
+    if not entries:
+        return
+    if not yes and not click.confirm(f"Replay {len(entries)} {what}?", default=False):
+        raise SystemExit(1)
+    columns = (
+        TextColumn("replaying"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+    )
+    started = time.monotonic()
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("replay", total=len(entries), rate="")
+
+        def advance(n: int) -> None:
+            done = progress.tasks[0].completed + n
+            per_second = done / max(time.monotonic() - started, 1e-6)
+            progress.update(task, advance=n, rate=f"{per_second:,.0f}/s")
+
+        batch = enqueue(client, entries, settings, dead=dead, rate=rate, advance=advance)
+    elapsed = time.monotonic() - started
+    console.print(
+        f"replayed {len(entries)} {what} as {batch} in {elapsed:.2f}s "
+        f"({len(entries) / max(elapsed, 1e-6):,.0f} envelopes/s)"
+    )
+
+
+@main.group()
+def dead() -> None:
+    """Inspect and drop dead letters."""
+
+
+@dead.command("list")
+def dead_list() -> None:
+    """When, tenant, masked user, message id and error of each dead letter."""
+    from rich.table import Table
+
+    from workers.pipeline import DEAD_LETTERS
+    from workers.replay import select
+    from workers.webhook import mask_user_id
+
+    client, _ = _pipeline_client()
+    table = Table("id", "last failure", "tenant", "user", "event", "attempts", "error")
+    for entry in select(client, DEAD_LETTERS):
+        f = entry.fields
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(f["last_failure"])))
+        table.add_row(
+            entry.entry_id,
+            when,
+            f["tenant_id"],
+            mask_user_id(f["user_id"]),
+            f["event_id"],
+            f["attempts"],
+            f"{f['error_type'].rsplit('.', 1)[-1]}: {f['error'][:60]}",
+        )
+    _console().print(table)
+
+
+@dead.command("show")
+@click.argument("entry_id")
+def dead_show(entry_id: str) -> None:
+    """One dead letter: its envelope and traceback."""
+    from workers.pipeline import DEAD_LETTERS
+
+    client, _ = _pipeline_client()
+    found = client.xrange(DEAD_LETTERS, entry_id, entry_id)
+    if not found:
+        raise click.ClickException(f"no dead letter {entry_id}")
+    fields = {k.decode(): v.decode() for k, v in found[0][1].items()}
+    traceback = fields.pop("traceback")
+    envelope = json.loads(fields.pop("envelope"))
+    for key, value in fields.items():
+        click.echo(f"{key}: {value}")
+    click.echo("envelope:\n" + json.dumps(envelope, indent=2, ensure_ascii=False))
+    click.echo(traceback)
+
+
+@dead.command("drop")
+@click.argument("entry_id", required=False)
+@click.option("--all", "drop_all", is_flag=True, help="Drop every dead letter.")
+def dead_drop(entry_id: str | None, drop_all: bool) -> None:
+    """Delete one dead letter, or all of them."""
+    from workers.pipeline import DEAD_LETTERS
+
+    client, _ = _pipeline_client()
+    if drop_all:
+        count = client.xlen(DEAD_LETTERS)
+        client.delete(DEAD_LETTERS)
+    elif entry_id:
+        count = client.xdel(DEAD_LETTERS, entry_id)
+        if not count:
+            raise click.ClickException(f"no dead letter {entry_id}")
+    else:
+        raise click.UsageError("give a dead letter id or --all")
+    click.echo(f"dropped {count} dead letter(s)")
+
+
+@main.command()
+def status() -> None:
+    """Per partition its queue depth and in-flight envelope; replay log and dead letters."""
+    from rich.table import Table
+
+    from workers.replay import status as read_status
+
+    client, settings = _pipeline_client()
+    state = read_status(client, settings)
+    table = Table("partition", "queue", "depth", "in flight on")
+    for row in state["partitions"]:
+        table.add_row(
+            str(row["partition"]),
+            f"parley.p{row['partition']}",
+            str(row["depth"]),
+            row["in_flight"] or "",
+        )
+    console = _console()
+    console.print(table)
+    console.print(
+        f"replay log: {state['replay_log']} envelopes   dead letters: {state['dead_letters']}"
+    )

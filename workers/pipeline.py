@@ -20,6 +20,7 @@ from cache.keys import escape_id
 from workers.webhook import Envelope
 
 DEAD_LETTERS = "parley:dead"
+REPLAY_LOG = "parley:log"
 BEGIN = (resources.files("workers") / "scripts" / "begin.lua").read_text()
 
 
@@ -60,6 +61,8 @@ class PipelineStore:
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.set(done_key(envelope), time.time(), ex=self.done_ttl)
             pipe.delete(inflight_key(partition))
+            if envelope.dead_letter_id:  # a replayed dead letter that now succeeded
+                pipe.xdel(DEAD_LETTERS, envelope.dead_letter_id)
             await pipe.execute()
 
     async def dead_letter(
@@ -82,15 +85,17 @@ class PipelineStore:
             "error_type": f"{type(error).__module__}.{type(error).__qualname__}",
             "error": str(error)[:2000],
             "traceback": "".join(traceback.format_exception(error))[-8000:],
-            "attempts": attempts,
-            "first_failure": first_failure,
+            "attempts": envelope.previous_attempts + attempts,
+            "first_failure": envelope.first_failure or first_failure,
             "last_failure": time.time(),
         }
         async with self.client.pipeline(transaction=True) as pipe:
+            if envelope.dead_letter_id:  # failed again: the new entry replaces the old
+                pipe.xdel(DEAD_LETTERS, envelope.dead_letter_id)
             pipe.xadd(DEAD_LETTERS, entry)  # type: ignore[arg-type]
             pipe.set(done_key(envelope), time.time(), ex=self.done_ttl)
             pipe.delete(inflight_key(partition))
-            entry_id, *_ = await pipe.execute()
+            *_, entry_id, _, _ = await pipe.execute()
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
     async def in_flight(self, partition: int) -> InFlight | None:

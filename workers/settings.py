@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, model_validator
+from datetime import timedelta
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from cache.settings import CacheSettings, with_db
 
 PIPELINE_DB = 3
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 class Settings(CacheSettings):
@@ -21,6 +24,10 @@ class Settings(CacheSettings):
     max_body_bytes: int = Field(default=3 * 1024 * 1024, gt=0)
     #: Ingress: how long an accepted message/status id keeps a retry from being enqueued.
     dedup_ttl: int = Field(default=24 * 3600, gt=0)
+    #: How long the replay log keeps accepted envelopes (e.g. 7d, 12h, or seconds).
+    replay_retention: timedelta = Field(default=timedelta(days=7))
+    #: And at most this many (None: no count cap).
+    replay_max_entries: int | None = Field(default=None, gt=0)
     #: Seconds between the Redis broker's scans for unacked messages past the visibility
     #: timeout; None keeps kombu's default (a scan about every 100 s).
     redelivery_scan_interval: int | None = Field(default=None, gt=0)
@@ -47,6 +54,11 @@ class Settings(CacheSettings):
         default="v21.0", validation_alias=AliasChoices("WHATSAPP_API_VERSION")
     )
 
+    @field_validator("replay_retention", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return parse_duration(value) if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _timeouts_nest(self) -> Settings:
         if self.handler_timeout >= self.visibility_timeout:
@@ -63,6 +75,16 @@ class Settings(CacheSettings):
     @property
     def pipeline(self) -> str:
         return self.pipeline_url or with_db(self.redis_url, PIPELINE_DB)
+
+
+def parse_duration(text: str) -> timedelta:
+    """``"7d"``, ``"12h"``, ``"30m"``, ``"90s"`` or ``"90"`` (seconds)."""
+    text = text.strip()
+    if text.isdigit():
+        return timedelta(seconds=int(text))
+    if text[-1:] in UNITS and text[:-1].isdigit():
+        return timedelta(seconds=int(text[:-1]) * UNITS[text[-1]])
+    raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 30m, 12h, 7d)")
 
 
 _settings: Settings | None = None

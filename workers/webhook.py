@@ -35,6 +35,11 @@ class Envelope(BaseModel):
     received_at: float
     payload: dict[str, Any]
     replay_id: str | None = None
+    #: Set when the envelope is a dead letter being replayed: its entry, and the
+    #: attempts and first failure it already had.
+    dead_letter_id: str | None = None
+    previous_attempts: int = 0
+    first_failure: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -1,0 +1,221 @@
+"""The replay log, dead letters and ``parley replay`` / ``dead`` / ``status``, all real:
+the ingress over HTTP, worker subprocesses, the CLI as a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from ingress.accept import Acceptor
+from ingress.app import create_app
+from tests.http_server import ServedApp
+from tests.payloads import PHONE_ID, delivery, envelope, text_message
+from tests.redis_server import RedisServer
+from tests.test_ingress import make_settings, sign
+from tests.test_workers_e2e import PARTITIONS, wait_for
+from tests.worker_process import WorkerProcess
+from workers.partition import queue_name
+from workers.pipeline import DEAD_LETTERS, REPLAY_LOG
+from workers.replay import stream_bound
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(server: RedisServer, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "workers", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PARLEY_REDIS_URL": server.url, "PARLEY_PARTITIONS": str(PARTITIONS)},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def queues(server: RedisServer) -> dict[int, list[dict]]:
+    broker = server.client(3)
+    found = {}
+    for k in range(PARTITIONS):
+        raw = broker.lrange(queue_name(k), 0, -1)
+        if raw:  # LPUSH'd, consumed from the right: oldest last
+            found[k] = [orjson.loads(m) for m in reversed(raw)]
+    return found
+
+
+def clear_queues(server: RedisServer) -> None:
+    server.client(3).delete(*[queue_name(k) for k in range(PARTITIONS)])
+
+
+def drained(server: RedisServer) -> bool:
+    return not queues(server) and not server.client(3).hlen("unacked")
+
+
+def caches(server: RedisServer) -> dict[int, dict[bytes, dict[bytes, bytes]]]:
+    return {
+        db: {key: server.client(db).hgetall(key) for key in server.client(db).keys("*")}
+        for db in (0, 1, 2)
+    }
+
+
+def env_for(server: RedisServer) -> dict[str, str]:
+    return {"PARLEY_REDIS_URL": server.url, "PARLEY_PARTITIONS": str(PARTITIONS)}
+
+
+@pytest.fixture
+def ingress(redis_url: str) -> Iterator[httpx.Client]:
+    with (
+        ServedApp(create_app(make_settings(redis_url))) as served,
+        httpx.Client(base_url=served.url) as client,
+    ):
+        yield client
+
+
+def post(client: httpx.Client, user: str, text: str) -> None:
+    body = orjson.dumps(delivery([text_message(user, text)]))
+    assert client.post("/webhook", content=body, headers=sign(body)).status_code == 200
+
+
+def test_stream_bounds() -> None:
+    assert stream_bound(None) == "-" and stream_bound(None, end=True) == "+"
+    assert stream_bound("1732500000000-5") == "1732500000000-5"
+    assert stream_bound("2026-01-01T00:00:00") == "1767225600000-0"
+    assert stream_bound("2h", now=10_000.0) == "2800000-0"
+    with pytest.raises(ValueError, match="neither"):
+        stream_bound("yesterday")
+
+
+def test_replay_rebuilds_the_caches(
+    ingress: httpx.Client, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    start = datetime.now(UTC).isoformat()
+    worker = WorkerProcess("tests.apps:ledger", "all", env_for(redis_server), tmp_path, "ledger")
+    worker.wait_ready()
+    try:
+        users = [f"5197000{n:04d}" for n in range(20)]
+        for n in range(10):
+            for user in users:
+                post(ingress, user, f"{user} says {n}")
+        wait_for(
+            lambda: drained(redis_server) and len(caches(redis_server)[2]) == 21,
+            what="200 webhooks",
+        )
+        wait_for(lambda: redis_server.client(2).hget(f"{PHONE_ID}:df:totals", "messages") == b"200")
+        snapshot = caches(redis_server)
+        assert redis_server.client(3).xlen(REPLAY_LOG) == 200
+        for db in (0, 1, 2):
+            redis_server.client(db).flushdb()
+        out = cli(redis_server, "replay", "--since", start, "--yes")
+        assert "200 logged webhooks match" in out and "replayed 200" in out
+        wait_for(lambda: caches(redis_server) == snapshot, what="caches equal to the snapshot")
+    finally:
+        worker.stop()
+
+
+def test_replay_filters_and_dry_run(ingress: httpx.Client, redis_server: RedisServer) -> None:
+    users = ["51960000001", "51960000002", "51960000003"]
+    for n in range(6):
+        for user in users:
+            post(ingress, user, f"{n}")
+    clear_queues(redis_server)  # keep only what the replays enqueue
+    log = redis_server.client(3).xrange(REPLAY_LOG)
+    assert len(log) == 18
+
+    out = cli(redis_server, "replay", "--user", users[1], "--dry-run")
+    assert "6 logged webhooks match" in out and "by partition" in out and PHONE_ID in out
+    assert queues(redis_server) == {}  # a dry run sends nothing
+
+    cli(redis_server, "replay", "--user", users[1], "--yes")
+    (sent,) = queues(redis_server).values()
+    bodies = [orjson.loads(__import__("base64").b64decode(m["body"]))[0][0] for m in sent]
+    assert [b["user_id"] for b in bodies] == [users[1]] * 6
+    assert [b["payload"]["messages"][0]["text"]["body"] for b in bodies] == [
+        str(n) for n in range(6)
+    ]
+    assert all(b["replay_id"] for b in bodies)
+    clear_queues(redis_server)
+
+    since, until = log[4][0].decode(), log[10][0].decode()
+    cli(redis_server, "replay", "--since", since, "--until", until, "--yes")
+    replayed = sorted(
+        (orjson.loads(__import__("base64").b64decode(m["body"]))[0][0]["received_at"], k)
+        for k, messages in queues(redis_server).items()
+        for m in messages
+    )
+    assert len(replayed) == 7  # entries 4..10 inclusive
+
+
+def test_dead_letters_replay_after_the_fix(
+    redis_url: str, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    worker = WorkerProcess("tests.apps:poison", "all", env_for(redis_server), tmp_path, "poison")
+    worker.wait_ready()
+    try:
+        settings = make_settings(redis_url)
+        from workers.settings import set_settings
+        from workers.tasks import configure_celery, publish
+
+        set_settings(settings)
+        configure_celery(settings)
+        for text in ("fine 1", "poison 2", "always 3"):
+            publish(envelope("51950000001", text), settings)
+        dead = redis_server.client(3)
+        wait_for(lambda: dead.xlen(DEAD_LETTERS) == 2, what="two dead letters")
+        listing = cli(redis_server, "dead", "list")
+        assert "ValueError" in listing and "*0001" in listing and "51950000001" not in listing
+        first_id = dead.xrange(DEAD_LETTERS)[0][0].decode()
+        assert "Traceback" in cli(redis_server, "dead", "show", first_id)
+
+        redis_server.client(2).hset(f"{PHONE_ID}:df:control", "fixed", b"true")
+        cli(redis_server, "replay", "--dead", "--yes")
+        seen = redis_server.client(1)
+        wait_for(
+            lambda: (
+                seen.hget(f"{PHONE_ID}:state:seen:51950000001", "texts") == b'["fine 1","poison 2"]'
+            ),
+            what="the fixed one processed",
+        )
+        wait_for(lambda: drained(redis_server))
+        (remaining,) = dead.xrange(DEAD_LETTERS)
+        fields = {k.decode(): v.decode() for k, v in remaining[1].items()}
+        assert fields["attempts"] == "2" and "always 3" in fields["envelope"]
+        assert "dead letters: 1" in cli(redis_server, "status")
+        cli(redis_server, "dead", "drop", "--all")
+        assert dead.xlen(DEAD_LETTERS) == 0
+    finally:
+        worker.stop()
+
+
+def test_replaying_20000_envelopes(redis_url: str, redis_server: RedisServer) -> None:
+    settings = make_settings(redis_url)
+
+    async def log_them() -> None:
+        from redis.asyncio import Redis
+
+        client = Redis.from_url(settings.pipeline)
+        acceptor = Acceptor(client, settings)
+        for start in range(0, 20_000, 500):
+            await acceptor.accept(
+                [envelope(f"5194{n % 1000:07d}", f"m{n}") for n in range(start, start + 500)]
+            )
+        await client.aclose()
+
+    asyncio.run(log_them())
+    clear_queues(redis_server)
+    started = time.monotonic()
+    out = cli(redis_server, "replay", "--since", "0-0", "--yes")
+    elapsed = time.monotonic() - started
+    assert "20000/20000" in out and "replayed 20000" in out, out
+    assert sum(len(v) for v in queues(redis_server).values()) == 20_000
+    print(out.strip().splitlines()[-1], f"(CLI wall time {elapsed:.1f}s)")

@@ -1,0 +1,170 @@
+"""Replaying accepted webhooks and dead letters, and reading the pipeline's state.
+
+The replay log (``parley:log``) and the dead-letter stream (``parley:dead``) are Redis
+streams whose ids are their acceptance times, so a time window is an id range.
+A replay sends each selected envelope, in the original order, to its partition queue
+with a replay id of its own: neither the ingress dedup (it does not pass there) nor
+the workers' done-marker (keyed by the replay id) skips it, and handlers can tell
+(``webhook.is_replay``).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import redis
+
+from workers.messages import celery_message
+from workers.partition import partition_for, queue_name
+from workers.pipeline import DEAD_LETTERS, REPLAY_LOG, inflight_key
+from workers.settings import Settings, parse_duration
+from workers.webhook import Envelope
+
+STREAM_ID = re.compile(r"^\d+(-\d+)?$")
+CHUNK = 500
+
+
+def stream_bound(text: str | None, *, now: float | None = None, end: bool = False) -> str:
+    """``--since``/``--until`` → a stream id: an ISO time (UTC if naive), a duration
+    back from now (``2h``, ``30m``, ``7d``), or a stream id itself."""
+    if text is None:
+        return "+" if end else "-"
+    text = text.strip()
+    if STREAM_ID.match(text) and (len(text) >= 12 or "-" in text):
+        return text
+    try:
+        when = datetime.fromisoformat(text)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        ms = int(when.timestamp() * 1000)
+    except ValueError:
+        try:
+            ms = int(((now or time.time()) - parse_duration(text).total_seconds()) * 1000)
+        except ValueError:
+            raise ValueError(
+                f"{text!r} is neither an ISO time, a duration like 2h nor a stream id"
+            ) from None
+    return f"{ms}-{'18446744073709551615' if end else '0'}"
+
+
+@dataclass
+class Entry:
+    entry_id: str
+    envelope: Envelope
+    fields: dict[str, str]
+
+
+def select(
+    client: redis.Redis,
+    stream: str,
+    since: str = "-",
+    until: str = "+",
+    *,
+    tenant: str | None = None,
+    user: str | None = None,
+    kind: str | None = None,
+) -> Iterator[Entry]:
+    """The matching entries, oldest first, read in chunks."""
+    start = since
+    while True:
+        chunk = client.xrange(stream, start, until, count=CHUNK)
+        for raw_id, raw in chunk:
+            fields = {k.decode(): v.decode() for k, v in raw.items()}
+            envelope = Envelope.from_json(orjson.loads(fields["envelope"]))
+            if tenant and envelope.tenant_id != tenant:
+                continue
+            if user and envelope.user_id != user:
+                continue
+            if kind and envelope.kind != kind:
+                continue
+            yield Entry(raw_id.decode(), envelope, fields)
+        if len(chunk) < CHUNK:
+            return
+        start = "(" + chunk[-1][0].decode()
+
+
+def as_replay(entry: Entry, batch: str, dead: bool) -> Envelope:
+    update: dict[str, Any] = {"replay_id": f"{batch}:{entry.entry_id}"}
+    if dead:
+        update |= {
+            "dead_letter_id": entry.entry_id,
+            "previous_attempts": int(entry.fields.get("attempts", "0")),
+            "first_failure": float(entry.fields.get("first_failure") or time.time()),
+        }
+    return entry.envelope.model_copy(update=update)
+
+
+def summary(entries: list[Entry], settings: Settings) -> dict[str, Counter[str]]:
+    counts: dict[str, Counter[str]] = {
+        "tenant": Counter(),
+        "type": Counter(),
+        "partition": Counter(),
+    }
+    for entry in entries:
+        env = entry.envelope
+        counts["tenant"][env.tenant_id] += 1
+        counts["type"][env.kind] += 1
+        counts["partition"][
+            str(partition_for(env.tenant_id, env.user_id, settings.partitions))
+        ] += 1
+    return counts
+
+
+def enqueue(
+    client: redis.Redis,
+    entries: list[Entry],
+    settings: Settings,
+    *,
+    dead: bool = False,
+    rate: float | None = None,
+    advance: Callable[[int], None] = lambda n: None,
+) -> str:
+    """Push the entries' replays onto their partition queues, in order; returns the
+    batch id that their replay ids start with."""
+    batch = f"replay-{uuid.uuid4().hex[:12]}"
+    started = time.monotonic()
+    sent = 0
+    for offset in range(0, len(entries), CHUNK):
+        chunk = entries[offset : offset + CHUNK]
+        pipe = client.pipeline(transaction=False)
+        for entry in chunk:
+            envelope = as_replay(entry, batch, dead)
+            queue = queue_name(
+                partition_for(envelope.tenant_id, envelope.user_id, settings.partitions)
+            )
+            pipe.lpush(queue, celery_message(envelope, queue))
+        pipe.execute()
+        sent += len(chunk)
+        advance(len(chunk))
+        if rate:  # hold the average at the requested rate
+            ahead = sent / rate - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+    return batch
+
+
+def status(client: redis.Redis, settings: Settings) -> dict[str, Any]:
+    pipe = client.pipeline(transaction=False)
+    for k in range(settings.partitions):
+        pipe.llen(queue_name(k))
+        pipe.hget(inflight_key(k), "node")
+    pipe.xlen(REPLAY_LOG)
+    pipe.xlen(DEAD_LETTERS)
+    results = pipe.execute()
+    partitions = [
+        {
+            "partition": k,
+            "depth": results[2 * k],
+            "in_flight": (results[2 * k + 1] or b"").decode() or None,
+        }
+        for k in range(settings.partitions)
+    ]
+    return {"partitions": partitions, "replay_log": results[-2], "dead_letters": results[-1]}
