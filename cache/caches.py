@@ -124,8 +124,8 @@ class DocumentCache(ICache):
         return await self._set_ttl(self._address(key), ttl)
 
 
-class StateCache(DocumentCache):
-    """Conversation state of one user: ``{tenant}:state:{key}:{user}``."""
+class UserScopedCache(DocumentCache):
+    """A cache of one user's documents (state and user caches)."""
 
     def __init__(
         self,
@@ -137,28 +137,21 @@ class StateCache(DocumentCache):
     ) -> None:
         super().__init__(store, keys, tenant_id, default_ttl)
         self.user_id = user_id
+
+
+class StateCache(UserScopedCache):
+    """Conversation state of one user: ``{tenant}:state:{key}:{user}``."""
 
     def _address(self, key: str) -> str:
         return self._keys.handler(self.tenant_id, key, self.user_id)
 
 
-class UserCache(DocumentCache):
+class UserCache(UserScopedCache):
     """One user's documents. ``"profile"`` (the default key) is the user's main document
     ``{tenant}:user:{user}``; any other key is its own document, so writing ``"stats"``
     can never wipe the profile."""
 
     PROFILE = "profile"
-
-    def __init__(
-        self,
-        store: Store,
-        keys: KeyFactory,
-        tenant_id: str,
-        user_id: str,
-        default_ttl: int | None = None,
-    ) -> None:
-        super().__init__(store, keys, tenant_id, default_ttl)
-        self.user_id = user_id
 
     def _address(self, key: str) -> str:
         if key == self.PROFILE:

@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from cache import CacheFactory, create_cache_factory
@@ -42,3 +43,17 @@ async def factory(
     """One cache factory class per backend, each on fresh, private storage."""
     yield make_factory(request.param, request, tmp_path / "cache")
     await close_pools()
+
+
+@pytest.fixture
+def ingress(redis_url: str) -> Iterator[httpx.Client]:
+    """The ingress app served over real HTTP on the tests' redis-server."""
+    from ingress.app import create_app
+    from tests.http_server import ServedApp
+    from tests.test_ingress import make_settings
+
+    with (
+        ServedApp(create_app(make_settings(redis_url))) as served,
+        httpx.Client(base_url=served.url) as client,
+    ):
+        yield client

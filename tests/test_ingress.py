@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import hmac
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +44,6 @@ def make_settings(url: str, **overrides: Any) -> Settings:
         max_body_bytes=64 * 1024,
         **overrides,
     )
-
-
-@pytest.fixture
-def ingress(redis_url: str) -> Iterator[httpx.Client]:
-    with (
-        ServedApp(create_app(make_settings(redis_url))) as served,
-        httpx.Client(base_url=served.url) as client,
-    ):
-        yield client
 
 
 def pipeline_keys(server: RedisServer) -> int:

@@ -4,11 +4,11 @@ the ingress over HTTP, worker subprocesses, the CLI as a subprocess."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,8 +17,6 @@ import orjson
 import pytest
 
 from ingress.accept import Acceptor
-from ingress.app import create_app
-from tests.http_server import ServedApp
 from tests.payloads import PHONE_ID, delivery, envelope, text_message
 from tests.redis_server import RedisServer
 from tests.test_ingress import make_settings, sign
@@ -71,15 +69,6 @@ def caches(server: RedisServer) -> dict[int, dict[bytes, dict[bytes, bytes]]]:
 
 def env_for(server: RedisServer) -> dict[str, str]:
     return {"PARLEY_REDIS_URL": server.url, "PARLEY_PARTITIONS": str(PARTITIONS)}
-
-
-@pytest.fixture
-def ingress(redis_url: str) -> Iterator[httpx.Client]:
-    with (
-        ServedApp(create_app(make_settings(redis_url))) as served,
-        httpx.Client(base_url=served.url) as client,
-    ):
-        yield client
 
 
 def post(client: httpx.Client, user: str, text: str) -> None:
@@ -138,7 +127,7 @@ def test_replay_filters_and_dry_run(ingress: httpx.Client, redis_server: RedisSe
 
     cli(redis_server, "replay", "--user", users[1], "--yes")
     (sent,) = queues(redis_server).values()
-    bodies = [orjson.loads(__import__("base64").b64decode(m["body"]))[0][0] for m in sent]
+    bodies = [orjson.loads(base64.b64decode(m["body"]))[0][0] for m in sent]
     assert [b["user_id"] for b in bodies] == [users[1]] * 6
     assert [b["payload"]["messages"][0]["text"]["body"] for b in bodies] == [
         str(n) for n in range(6)
@@ -149,7 +138,7 @@ def test_replay_filters_and_dry_run(ingress: httpx.Client, redis_server: RedisSe
     since, until = log[4][0].decode(), log[10][0].decode()
     cli(redis_server, "replay", "--since", since, "--until", until, "--yes")
     replayed = sorted(
-        (orjson.loads(__import__("base64").b64decode(m["body"]))[0][0]["received_at"], k)
+        (orjson.loads(base64.b64decode(m["body"]))[0][0]["received_at"], k)
         for k, messages in queues(redis_server).items()
         for m in messages
     )
