@@ -181,6 +181,7 @@ def test_sigkill_mid_handler_redelivers_without_overtaking(
         graph,
         PARLEY_VISIBILITY_TIMEOUT="8",
         PARLEY_HANDLER_TIMEOUT="6",
+        PARLEY_REDELIVERY_SCAN_INTERVAL="1",
     )
     try:
         first = deployment.start_worker("tests.apps:recording", "0-7", "doomed")
@@ -197,6 +198,15 @@ def test_sigkill_mid_handler_redelivers_without_overtaking(
         runs = {(u, seq): (start, end) for u, seq, _, start, end in deployment.runs()}
         assert runs[(user, 1)][1] <= runs[(neighbour, 10)][0]  # nothing overtook message 1
         assert len(deployment.runs()) == 3
+        # the broker hands the killed node's message out again after the visibility
+        # timeout; its done-marker makes that a no-op
+        broker = redis_server.client(3)
+
+        def redelivered() -> bool:
+            return broker.hlen("unacked") == 0 and "already done" in deployment.workers[1].log()
+
+        wait_for(redelivered, timeout=45, what="the broker's redelivery")
+        assert deployment.seqs(user) == [1, 2] and len(deployment.runs()) == 3
     finally:
         deployment.close()
 
