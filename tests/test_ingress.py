@@ -371,3 +371,23 @@ async def test_concurrent_deliveries_share_round_trips_and_still_dedup(
     assert sum(r.json()["duplicates"] for r in responses) == 10
     assert redis_server.client(3).xlen(REPLAY_LOG) == 60
     assert sum(queued(redis_server).values()) == 60
+
+
+def test_broker_elsewhere_publishes_through_celery(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    """With the broker in another DB the script only dedups and logs, and the ingress
+    publishes with Celery; a second delivery of the same ids enqueues nothing."""
+    settings = make_settings(redis_url, broker_url=f"{redis_url}/5")
+    set_settings(settings)
+    configure_celery(settings)
+    first, second = users_in_two_partitions()
+    body = orjson.dumps(delivery([text_message(first, "a"), text_message(second, "b")]))
+    with ServedApp(create_app(settings)) as served, httpx.Client(base_url=served.url) as client:
+        for expected in ({"accepted": 2, "duplicates": 0}, {"accepted": 0, "duplicates": 2}):
+            response = client.post("/webhook", content=body, headers=sign(body))
+            assert response.status_code == 200 and response.json() == expected
+    broker = redis_server.client(5)
+    depths = [broker.llen(queue_name(k)) for k in range(PARTITIONS)]
+    assert sum(depths) == 2 and queued(redis_server) == {}  # on the broker DB only
+    assert redis_server.client(3).xlen(REPLAY_LOG) == 2
