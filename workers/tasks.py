@@ -40,6 +40,11 @@ celery_app = Celery("parley")
 
 def configure_celery(settings: Settings, app: Celery = celery_app) -> None:
     """Parley's Celery settings (the benchmark's no-op floor uses them too)."""
+    if app._pool is not None and app.conf.broker_url != settings.broker:
+        # Celery caches its broker connection pool; a new broker needs another one
+        # (kombu keeps the old pool registered, to be found again for the old URL)
+        app._pool = None
+        app.amqp._producer_pool = None
     app.conf.update(
         broker_url=settings.broker,
         broker_connection_retry_on_startup=True,
