@@ -17,11 +17,14 @@ import orjson
 from redis.asyncio import Redis
 
 from cache.keys import escape_id
+from cache.redis import evalsha
 from workers.webhook import Envelope
 
 DEAD_LETTERS = "parley:dead"
 REPLAY_LOG = "parley:log"
-BEGIN = (resources.files("workers") / "scripts" / "begin.lua").read_text()
+SCRIPTS = resources.files("workers") / "scripts"
+BEGIN = (SCRIPTS / "begin.lua").read_text()
+FINISH = (SCRIPTS / "finish.lua").read_text()
 
 
 def done_key(envelope: Envelope) -> str:
@@ -48,22 +51,25 @@ class PipelineStore:
         self.client = client
         self.done_ttl = done_ttl
         self._begin = client.register_script(BEGIN)
+        self._finish = client.register_script(FINISH)
 
     async def begin(self, envelope: Envelope, partition: int, node: str) -> bool:
         """``False`` when the envelope is already done (a redelivery)."""
-        started = await self._begin(
-            keys=[done_key(envelope), inflight_key(partition)],
-            args=[orjson.dumps(envelope.to_json()), node, time.time()],
+        started = await evalsha(
+            self.client,
+            self._begin,
+            [done_key(envelope), inflight_key(partition)],
+            [orjson.dumps(envelope.to_json()), node, time.time()],
         )
         return bool(started)
 
     async def finish(self, envelope: Envelope, partition: int) -> None:
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.set(done_key(envelope), time.time(), ex=self.done_ttl)
-            pipe.delete(inflight_key(partition))
-            if envelope.dead_letter_id:  # a replayed dead letter that now succeeded
-                pipe.xdel(DEAD_LETTERS, envelope.dead_letter_id)
-            await pipe.execute()
+        await evalsha(
+            self.client,
+            self._finish,
+            [done_key(envelope), inflight_key(partition), DEAD_LETTERS],
+            [time.time(), self.done_ttl, envelope.dead_letter_id or ""],
+        )
 
     async def dead_letter(
         self,
