@@ -28,4 +28,5 @@ def test_parley_demo_runs_with_no_service() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "15550001 > large" in result.stdout
-    assert "✅ Order #1 placed" in result.stdout and "2 orders stored" in result.stdout
+    assert "✅ Order #1 confirmed: $17.99" in result.stdout
+    assert "❌ Order cancelled." in result.stdout and "2 orders stored" in result.stdout

@@ -104,6 +104,29 @@ def publish(envelope: Envelope, settings: Settings | None = None) -> int:
     return partition
 
 
+async def dispatch(app: ParleyApp, envelope: Envelope, messenger: Any) -> None:
+    """Run the app's handler for one envelope, on a copy of the handler that carries this
+    webhook's context: caches scoped to its tenant and user, the messenger, a logger."""
+    webhook = Webhook.from_envelope(envelope)
+    handler = copy.copy(app.handler)
+    factory = app.cache_factory(tenant_id=envelope.tenant_id, user_id=envelope.user_id or None)
+    if envelope.user_id:
+        handler.state_cache = factory.create_state_cache()
+        handler.user_cache = factory.create_user_cache()
+    handler.table_cache = factory.create_table_cache()
+    handler.messenger = messenger
+    handler.logger = logging.LoggerAdapter(
+        logging.getLogger(f"parley.app.{type(handler).__name__}"),
+        {"tenant_id": envelope.tenant_id, "user": mask_user_id(envelope.user_id)},
+    )
+    if envelope.kind == "message":
+        await handler.handle_message(webhook)
+    elif envelope.kind == "status":
+        await handler.handle_status(webhook)
+    else:
+        await handler.handle_error(webhook)
+
+
 class Runtime:
     """Everything one worker process keeps across tasks."""
 
@@ -222,26 +245,7 @@ class Runtime:
         return "done"
 
     async def dispatch(self, envelope: Envelope) -> None:
-        webhook = Webhook.from_envelope(envelope)
-        handler = copy.copy(self.app.handler)  # this dispatch's own context
-        factory = self.app.cache_factory(
-            tenant_id=envelope.tenant_id, user_id=envelope.user_id or None
-        )
-        if envelope.user_id:
-            handler.state_cache = factory.create_state_cache()
-            handler.user_cache = factory.create_user_cache()
-        handler.table_cache = factory.create_table_cache()
-        handler.messenger = self.messenger.for_tenant(envelope.tenant_id)
-        handler.logger = logging.LoggerAdapter(
-            logging.getLogger(f"parley.app.{type(handler).__name__}"),
-            {"tenant_id": envelope.tenant_id, "user": mask_user_id(envelope.user_id)},
-        )
-        if envelope.kind == "message":
-            await handler.handle_message(webhook)
-        elif envelope.kind == "status":
-            await handler.handle_status(webhook)
-        else:
-            await handler.handle_error(webhook)
+        await dispatch(self.app, envelope, self.messenger.for_tenant(envelope.tenant_id))
 
     async def recover(self, partitions: list[int]) -> int:
         """Finish the in-flight envelope a crashed owner left in each partition, before the
