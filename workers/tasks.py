@@ -209,7 +209,8 @@ class Runtime:
             nonlocal attempts, first_failure
             attempts += 1
             try:
-                await asyncio.wait_for(self.dispatch(envelope), self.settings.handler_timeout)
+                async with asyncio.timeout(self.settings.handler_timeout):  # no extra Task
+                    await self.dispatch(envelope)
             except Exception:
                 first_failure = first_failure or time.time()
                 raise
