@@ -81,3 +81,28 @@ class PoisonHandler(WappaEventHandler):
 
 
 poison = WappaBuilder().with_redis_cache().with_event_handler(PoisonHandler()).build()
+
+
+class ChaosHandler(WappaEventHandler):
+    """Each run appends ``[seq, node, partition, start, end]`` to the user's state in
+    ONE atomic operation, after a few milliseconds of "work": overlapping runs of one
+    partition on two nodes would show up as overlapping intervals."""
+
+    async def handle_message(self, webhook: Webhook) -> None:
+        from workers.partition import partition_for
+        from workers.tasks import get_runtime
+
+        runtime = get_runtime()
+        started = time.time()
+        await asyncio.sleep(0.003)
+        partition = partition_for(
+            webhook.tenant_id, webhook.user.user_id, runtime.settings.partitions
+        )
+        await self.state_cache.append_to_list(
+            "chaos",
+            "runs",
+            [int(webhook.get_message_text()), runtime.node, partition, started, time.time()],
+        )
+
+
+chaos = WappaBuilder().with_redis_cache().with_event_handler(ChaosHandler()).build()

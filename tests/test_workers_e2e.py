@@ -55,11 +55,13 @@ class Pipeline:
         }
         self.settings = Settings(
             redis_url=server.url,
-            partitions=PARTITIONS,
             **{
-                k.removeprefix("PARLEY_").lower(): v
-                for k, v in env.items()
-                if k.startswith("PARLEY_") and "CACHE_URL" not in k
+                "partitions": PARTITIONS,
+                **{
+                    k.removeprefix("PARLEY_").lower(): v
+                    for k, v in env.items()
+                    if k.startswith("PARLEY_") and "CACHE_URL" not in k
+                },
             },
         )
         set_settings(self.settings)

@@ -70,11 +70,13 @@ def ingress(
 @click.option("--app", "app_path", required=True, help="The app: MODULE:ATTR (a ParleyApp).")
 @click.option(
     "--partitions",
-    default="all",
+    default="auto",
     show_default=True,
-    help="Partitions to consume, e.g. 0-7,12 (or all).",
+    help="auto (share the partitions with the other live nodes), all, or ranges: 0-7,12.",
 )
-@click.option("--node", default=None, help="Node name (default parley-PID@HOST).")
+@click.option(
+    "--node", default=None, help="Node name, unique among live nodes (default parley-PID)."
+)
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(app_path: str, partitions: str, node: str | None, loglevel: str) -> None:
     """A worker node: consumes its partition queues one message at a time, in order."""
@@ -83,28 +85,29 @@ def worker(app_path: str, partitions: str, node: str | None, loglevel: str) -> N
     from workers.settings import set_settings
     from workers.tasks import Runtime, celery_app, configure_celery, set_runtime
 
-    logging.basicConfig(
-        level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=loglevel.upper(), format=LOG_FORMAT)
     app = load_app(app_path)
     settings = app.settings
     set_settings(settings)
     configure_celery(settings)
-    if partitions == "auto":
-        raise click.UsageError(
-            "--partitions auto (automatic ownership) is not built yet; give ranges"
-        )
-    spec = f"0-{settings.partitions - 1}" if partitions == "all" else partitions
-    try:
-        owned = parse_partitions(spec, settings.partitions)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--partitions") from None
     name = node or f"parley-{os.getpid()}"
     runtime = Runtime(app, node=f"{name}@{socket.gethostname()}")
     set_runtime(runtime)
-    recovered = runtime.run(runtime.recover(owned))  # before consuming anything newer
-    if recovered:
-        logging.getLogger("parley.worker").warning("finished %d in-flight envelope(s)", recovered)
+    if partitions == "auto":
+        _join_as_auto_node(runtime)
+        queues = [celery_app.conf.task_default_queue]  # partitions are added as leased
+    else:
+        spec = f"0-{settings.partitions - 1}" if partitions == "all" else partitions
+        try:
+            owned = parse_partitions(spec, settings.partitions)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--partitions") from None
+        recovered = runtime.run(runtime.recover(owned))  # before consuming anything newer
+        if recovered:
+            logging.getLogger("parley.worker").warning(
+                "finished %d in-flight envelope(s)", recovered
+            )
+        queues = [queue_name(p) for p in owned]
     try:
         celery_app.worker_main(
             [
@@ -114,7 +117,7 @@ def worker(app_path: str, partitions: str, node: str | None, loglevel: str) -> N
                 "--concurrency",
                 "1",
                 "--queues",
-                ",".join(queue_name(p) for p in owned),
+                ",".join(queues),
                 "--hostname",
                 f"{name}@%h",
                 "--loglevel",
@@ -125,6 +128,38 @@ def worker(app_path: str, partitions: str, node: str | None, loglevel: str) -> N
         )
     finally:
         runtime.close()
+
+
+def _join_as_auto_node(runtime: Any) -> None:
+    """Wire partition ownership into the worker about to start."""
+    import redis
+
+    from workers.leases import Leases
+    from workers.ownership import Coordinator, NodeNameTaken, install
+    from workers.tasks import celery_app
+
+    settings = runtime.settings
+    timeout = settings.lease_ttl / 6  # a renewal must fail fast, well inside the lease
+    leases = Leases(
+        redis.Redis.from_url(
+            settings.pipeline, socket_timeout=timeout, socket_connect_timeout=timeout
+        ),
+        runtime.node,
+        settings.lease_ttl,
+    )
+    coordinator = Coordinator(
+        leases,
+        redis.Redis.from_url(settings.broker),
+        redis.Redis.from_url(settings.pipeline),
+        settings.partitions,
+        settings.lease_ttl,
+    )
+    coordinator.on_take = lambda partition: runtime.run(runtime.recover([partition]))
+    try:
+        coordinator.claim_name()
+    except NodeNameTaken as exc:
+        raise click.UsageError(f"{exc}; give another --node") from None
+    install(celery_app, coordinator)
 
 
 def _console() -> Any:
@@ -296,23 +331,32 @@ def dead_drop(entry_id: str | None, drop_all: bool) -> None:
 
 @main.command()
 def status() -> None:
-    """Per partition its queue depth and in-flight envelope; replay log and dead letters."""
+    """Per partition its owner, queue depth and in-flight envelope; the live nodes."""
     from rich.table import Table
 
     from workers.replay import status as read_status
 
     client, settings = _pipeline_client()
     state = read_status(client, settings)
-    table = Table("partition", "queue", "depth", "in flight on")
+    table = Table("partition", "queue", "depth", "owner (lease)", "in flight on")
     for row in state["partitions"]:
         table.add_row(
             str(row["partition"]),
             f"parley.p{row['partition']}",
             str(row["depth"]),
+            row["owner"] or "-",
             row["in_flight"] or "",
         )
     console = _console()
     console.print(table)
+    owned: dict[str, int] = {}
+    for row in state["partitions"]:
+        if row["owner"]:
+            owned[row["owner"]] = owned.get(row["owner"], 0) + 1
+    nodes = Table("live node", "partitions", "heartbeat expires in")
+    for name, left in sorted(state["nodes"].items()):
+        nodes.add_row(name, str(owned.get(name, 0)), f"{left:.1f}s")
+    console.print(nodes)
     console.print(
         f"replay log: {state['replay_log']} envelopes   dead letters: {state['dead_letters']}"
     )

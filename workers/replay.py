@@ -152,6 +152,9 @@ def enqueue(
 
 
 def status(client: redis.Redis, settings: Settings) -> dict[str, Any]:
+    """Per partition: depth, lease holder and in-flight envelope's node; live nodes."""
+    from workers.leases import holders, live_nodes
+
     pipe = client.pipeline(transaction=False)
     for k in range(settings.partitions):
         pipe.llen(queue_name(k))
@@ -159,12 +162,24 @@ def status(client: redis.Redis, settings: Settings) -> dict[str, Any]:
     pipe.xlen(REPLAY_LOG)
     pipe.xlen(DEAD_LETTERS)
     results = pipe.execute()
+    owners = holders(client, settings.partitions)
     partitions = [
         {
             "partition": k,
             "depth": results[2 * k],
+            "owner": owners[k],
             "in_flight": (results[2 * k + 1] or b"").decode() or None,
         }
         for k in range(settings.partitions)
     ]
-    return {"partitions": partitions, "replay_log": results[-2], "dead_letters": results[-1]}
+    now = client.time()
+    now_s = now[0] + now[1] / 1e6
+    nodes = {
+        node: expires - now_s for node, expires in live_nodes(client).items() if expires > now_s
+    }
+    return {
+        "partitions": partitions,
+        "nodes": nodes,
+        "replay_log": results[-2],
+        "dead_letters": results[-1],
+    }

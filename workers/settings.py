@@ -38,6 +38,10 @@ class Settings(CacheSettings):
     #: Backoff of the in-place retry on transient errors: base and cap, in seconds.
     retry_backoff: float = Field(default=0.2, gt=0)
     retry_backoff_max: float = Field(default=10.0, gt=0)
+    #: ``--partitions auto``: seconds a partition lease (and a node's heartbeat) lasts
+    #: unrenewed — how long a SIGKILLed node's partitions wait before moving. Renewed
+    #: every third of it.
+    lease_ttl: float = Field(default=6.0, ge=0.5)
 
     whatsapp_token: str = Field(default="", validation_alias=AliasChoices("WHATSAPP_TOKEN"))
     whatsapp_phone_id: str = Field(default="", validation_alias=AliasChoices("WHATSAPP_PHONE_ID"))

@@ -1,0 +1,325 @@
+"""``--partitions auto``: leases, rendezvous hashing, hand-over and failover — all real:
+the tests' redis-server, ``parley worker`` processes, SIGKILL and SIGTERM."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from tests.fake_graph import FakeGraphAPI
+from tests.payloads import PHONE_ID
+from tests.redis_server import RedisServer
+from tests.test_workers_e2e import Pipeline, wait_for
+from workers.leases import NODES, Leases, assignment, holders, lease_key
+from workers.partition import partition_for
+
+PARTITIONS = 12
+
+
+@pytest.fixture
+def graph() -> Iterator[FakeGraphAPI]:
+    with FakeGraphAPI(token="test-token") as fake:
+        yield fake
+
+
+def deployment(
+    redis_server: RedisServer, tmp_path: Path, graph: FakeGraphAPI, lease_ttl: float
+) -> Pipeline:
+    return Pipeline(
+        redis_server,
+        tmp_path,
+        graph,
+        PARLEY_PARTITIONS=str(PARTITIONS),
+        PARLEY_LEASE_TTL=str(lease_ttl),
+    )
+
+
+def owners(server: RedisServer) -> list[str | None]:
+    return holders(server.client(3), PARTITIONS)
+
+
+def owned_by(server: RedisServer) -> Counter[str | None]:
+    return Counter(owners(server))
+
+
+# -- the pieces ------------------------------------------------------------------------
+
+
+def test_assignment_is_balanced_and_a_join_moves_about_one_nth() -> None:
+    for partitions, count in itertools.product((12, 16, 64, 256), range(1, 10)):
+        moves = []
+        for trial in range(10):
+            nodes = [f"parley-{n}@host-{trial}" for n in range(count)]
+            before = assignment(partitions, nodes)
+            loads = Counter(before.values())
+            assert sorted(before) == list(range(partitions))
+            assert set(loads) == set(nodes)
+            assert max(loads.values()) - min(loads.values()) <= 1, loads
+            # every node computes the same answer, whatever order it lists the nodes in
+            assert assignment(partitions, reversed(nodes)) == before
+            after = assignment(partitions, [*nodes, f"joiner@host-{trial}"])
+            moves.append(sum(before[k] != after[k] for k in before))
+        ideal = partitions / (count + 1)  # what the joiner must get
+        if partitions >= 4 * count:  # a few partitions per node, as the README advises
+            assert sum(moves) / len(moves) <= 2 * ideal, (partitions, count, moves)
+
+
+def test_leases_are_taken_renewed_and_released_only_by_their_holder(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    client = redis.Redis.from_url(redis_server.db_url(3))
+    a, b = Leases(client, "a", ttl=30), Leases(client, "b", ttl=30)
+    assert a.acquire(1) and not b.acquire(1)
+    assert a.acquire(1)  # the holder may extend it
+    assert b.renew([1]) == set() and a.renew([1, 2]) == {1}
+    assert b.release([1]) == 0 and client.get(lease_key(1)) == b"a"
+    assert a.release([1]) == 1 and b.acquire(1)
+    short = Leases(client, "short", ttl=0.5)
+    assert short.acquire(5)
+    wait_for(lambda: client.get(lease_key(5)) is None, timeout=10, what="lease expiry")
+    assert a.acquire(5)
+    assert sorted(a.heartbeat()) == ["a"] and sorted(short.heartbeat()) == ["a", "short"]
+    wait_for(lambda: "short" not in a.heartbeat(), timeout=10, what="heartbeat expiry")
+    assert client.zscore(NODES, "a") is not None
+
+
+# -- nodes joining and leaving ---------------------------------------------------------
+
+
+def test_nodes_joining_share_the_partitions(
+    redis_url: str, redis_server: RedisServer, tmp_path: Path, graph: FakeGraphAPI
+) -> None:
+    pipeline = deployment(redis_server, tmp_path, graph, lease_ttl=3)
+    try:
+        pipeline.start_worker("tests.apps:recording", "auto", "one")
+        wait_for(lambda: owned_by(redis_server) == {"one@" + host(): PARTITIONS}, timeout=30)
+        pipeline.start_worker("tests.apps:recording", "auto", "two")
+        pipeline.start_worker("tests.apps:recording", "auto", "three")
+        limit = math.ceil(PARTITIONS / 3) + 1
+
+        def balanced() -> bool:
+            counts = owned_by(redis_server)
+            return None not in counts and len(counts) == 3 and max(counts.values()) <= limit
+
+        wait_for(balanced, timeout=30, what="three nodes sharing the partitions")
+        table = cli(redis_server, "status")
+        for name in ("one", "two", "three"):
+            assert f"{name}@{host()}" in table
+        # and the work goes where the leases are: one message per partition
+        users = {
+            partition_for(PHONE_ID, u, PARTITIONS): u for u in map(str, range(10**6, 10**6 + 500))
+        }
+        for user in users.values():
+            pipeline.publish(user, "1")
+        wait_for(lambda: len(pipeline.runs()) == PARTITIONS, what="a message in every partition")
+        pids = {w.process.pid: w.node for w in pipeline.workers}
+        lease_of = owners(redis_server)
+        for user, _seq, pid, _, _ in pipeline.runs():
+            assert f"{pids[pid]}@{host()}" == lease_of[partition_for(PHONE_ID, user, PARTITIONS)]
+    finally:
+        pipeline.close()
+
+
+def test_sigterm_hands_over_at_once_not_at_lease_expiry(
+    redis_url: str, redis_server: RedisServer, tmp_path: Path, graph: FakeGraphAPI
+) -> None:
+    pipeline = deployment(redis_server, tmp_path, graph, lease_ttl=60)
+    try:
+        pipeline.start_worker("tests.apps:recording", "auto", "stays")
+        leaving = pipeline.start_worker("tests.apps:recording", "auto", "leaves")
+        wait_for(lambda: len(owned_by(redis_server)) == 2 and None not in owned_by(redis_server))
+        leaving.process.terminate()
+        # a 60 s lease: only a hand-over, not expiry, can move them within 20 s
+        wait_for(
+            lambda: owned_by(redis_server) == {f"stays@{host()}": PARTITIONS},
+            timeout=20,
+            what="the partitions of the SIGTERMed node",
+        )
+        assert leaving.process.wait(timeout=30) == 0
+        assert f"leaves@{host()}" not in cli(redis_server, "status")
+    finally:
+        pipeline.close()
+
+
+def test_a_long_handler_keeps_its_lease_and_the_hand_over_waits_for_it(
+    redis_url: str, redis_server: RedisServer, tmp_path: Path, graph: FakeGraphAPI
+) -> None:
+    ttl = 1.0
+    pipeline = deployment(redis_server, tmp_path, graph, lease_ttl=ttl)
+    try:
+        pipeline.start_worker("tests.apps:recording", "auto", "first")
+        wait_for(lambda: owned_by(redis_server) == {f"first@{host()}": PARTITIONS})
+        later = assignment(PARTITIONS, [f"first@{host()}", f"second@{host()}"])
+        moving = next(k for k, node in later.items() if node.startswith("second@"))
+        user = next(
+            u
+            for u in map(str, range(10**6, 10**7))
+            if partition_for(PHONE_ID, u, PARTITIONS) == moving
+        )
+        pipeline.publish(user, "1 block")
+        table = redis_server.client(2)
+        wait_for(lambda: table.hget(f"{PHONE_ID}:df:control", "started"), what="handler start")
+        pipeline.start_worker("tests.apps:recording", "auto", "second")
+        pipeline.publish(user, "2")
+        # the handler runs for 4 lease lifetimes: the lease is renewed beside it and the
+        # partition stays with the node running it
+        until = time.monotonic() + 4 * ttl
+        while time.monotonic() < until:
+            assert owners(redis_server)[moving] == f"first@{host()}"
+            time.sleep(0.05)
+        assert pipeline.seqs(user) == []
+        table.hset(f"{PHONE_ID}:df:control", "release", b"true")
+        wait_for(lambda: pipeline.seqs(user) == [1, 2], what="both messages")
+        assert owners(redis_server)[moving] == f"second@{host()}"
+        (first_pid, first_end), (second_pid, second_start) = [
+            (pid, end) if seq == 1 else (pid, start)
+            for _, seq, pid, start, end in sorted(pipeline.runs(), key=lambda r: r[1])
+        ]
+        assert (first_pid, second_pid) == tuple(w.process.pid for w in pipeline.workers)
+        assert first_end <= second_start
+    finally:
+        pipeline.close()
+
+
+# -- chaos -----------------------------------------------------------------------------
+
+
+def chaos_runs(server: RedisServer, users: list[str]) -> dict[str, list[list[Any]]]:
+    client = server.client(1)
+    pipe = client.pipeline()
+    for user in users:
+        pipe.hget(f"{PHONE_ID}:state:chaos:{user}", "runs")
+    return {u: orjson.loads(r) if r else [] for u, r in zip(users, pipe.execute(), strict=True)}
+
+
+def overlaps(runs: dict[str, list[list[Any]]]) -> list[tuple[list[Any], list[Any]]]:
+    """Pairs of runs of one partition whose [start, end] intervals overlap."""
+    by_partition: dict[int, list[list[Any]]] = defaultdict(list)
+    for user_runs in runs.values():
+        for run in user_runs:
+            by_partition[run[2]].append(run)
+    found = []
+    for partition_runs in by_partition.values():
+        partition_runs.sort(key=lambda run: run[3])
+        for before, after in itertools.pairwise(partition_runs):
+            if after[3] < before[4]:
+                found.append((before, after))
+    return found
+
+
+def publish_steadily(
+    pipeline: Pipeline, messages: list[tuple[str, int]], rate: float
+) -> threading.Thread:
+    def run() -> None:
+        start = time.monotonic()
+        for n, (user, seq) in enumerate(messages):
+            delay = start + n / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)  # pacing the publisher, not synchronisation
+            pipeline.publish(user, str(seq))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_chaos_sigkill_and_join_under_steady_load(
+    redis_url: str, redis_server: RedisServer, tmp_path: Path, graph: FakeGraphAPI
+) -> None:
+    webhooks, user_count = 10_000, 300
+    pipeline = deployment(redis_server, tmp_path, graph, lease_ttl=2)
+    users = [f"5197{n:06d}" for n in range(user_count)]
+    messages = [(users[n % user_count], n // user_count) for n in range(webhooks)]
+    try:
+        for name in ("n1", "n2", "n3"):
+            pipeline.start_worker("tests.apps:chaos", "auto", name)
+        wait_for(lambda: len(owned_by(redis_server)) == 3 and None not in owned_by(redis_server))
+        publisher = publish_steadily(pipeline, messages, rate=400)
+        done = redis_server.client(3)
+
+        def processed() -> int:
+            return sum(1 for _ in done.scan_iter("parley:done:*", count=1000))
+
+        wait_for(lambda: processed() >= webhooks // 4, timeout=120, what="a quarter")
+        killed = pipeline.workers[1]
+        killed.kill()
+        killed_at = time.time()
+        wait_for(lambda: processed() >= webhooks // 2, timeout=120, what="half")
+        pipeline.start_worker("tests.apps:chaos", "auto", "n4")
+        publisher.join(timeout=120)
+        wait_for(lambda: processed() >= webhooks, timeout=300, what="every webhook")
+    finally:
+        pipeline.close()
+
+    runs = chaos_runs(redis_server, users)
+    for user in users:
+        seqs = [run[0] for run in runs[user]]
+        deduped = [seq for seq, _ in itertools.groupby(seqs)]
+        assert deduped == list(range(len(deduped))), user  # in order
+        assert len(deduped) == sum(1 for u, _ in messages if u == user)  # all of them
+    repeats = sum(len(r) for r in runs.values()) - webhooks
+    assert repeats <= 1  # at most the killed node's one in-flight webhook ran again
+    assert overlaps(runs) == []  # no partition was ever run by two nodes at once
+    nodes = Counter(run[1] for user_runs in runs.values() for run in user_runs)
+    assert set(nodes) == {f"{n}@{host()}" for n in ("n1", "n2", "n3", "n4")}
+    after_kill = {run[2] for r in runs.values() for run in r if run[3] > killed_at + 0.5}
+    assert after_kill == set(range(PARTITIONS))  # the killed node's partitions moved on
+
+
+def test_the_overlap_check_catches_a_naive_deployment(
+    redis_url: str, redis_server: RedisServer, tmp_path: Path, graph: FakeGraphAPI
+) -> None:
+    """Two nodes told to consume the same partitions (no leases): the same check the
+    chaos test passes finds a partition run on two nodes at once."""
+    pipeline = deployment(redis_server, tmp_path, graph, lease_ttl=2)
+    users = [f"5198{n:06d}" for n in range(40)]
+    try:
+        pipeline.start_worker("tests.apps:chaos", "all", "naive-1")
+        pipeline.start_worker("tests.apps:chaos", "all", "naive-2")
+        for seq in range(15):
+            for user in users:
+                pipeline.publish(user, str(seq))
+        wait_for(
+            lambda: sum(len(r) for r in chaos_runs(redis_server, users).values()) >= 600,
+            what="600 runs",
+        )
+    finally:
+        pipeline.close()
+    assert overlaps(chaos_runs(redis_server, users))
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def host() -> str:
+    return socket.gethostname()
+
+
+def cli(server: RedisServer, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "workers", *args],
+        env={
+            **os.environ,
+            "PARLEY_REDIS_URL": server.url,
+            "PARLEY_PARTITIONS": str(PARTITIONS),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout

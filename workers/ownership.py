@@ -1,0 +1,337 @@
+"""``parley worker --partitions auto``: take and hand over partitions while running.
+
+A thread beside the worker's event loop heartbeats, renews the node's leases and
+re-balances by rendezvous hashing (:mod:`workers.leases`). It never touches the
+consumer itself: taking and dropping a partition run on the worker's own loop (kombu's
+hub), between messages, through Celery's consumer control (``add_task_queue`` /
+``cancel_task_queue``). With a solo pool and prefetch 1 that is exactly "after the
+in-flight message is acked", so the order of events is always:
+
+- take: lease acquired (only if free) → the predecessor's unacked message is put back
+  at the front of the queue → its in-flight envelope is finished → the queue is consumed;
+- hand over: consumer cancelled (a blocking pop already sent is answered and its
+  message put back in front) → the lease is released → the next owner takes it.
+
+A node that cannot renew stops consuming before its leases can run out; a SIGKILLed
+node's leases simply expire (``PARLEY_LEASE_TTL``).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+import redis
+from celery import Celery, bootsteps, signals
+
+from workers.leases import CHANGED, NODES, Leases, assignment
+from workers.partition import queue_name
+
+log = logging.getLogger("parley.ownership")
+
+
+class Phase(enum.Enum):
+    TAKING = "taking"  # lease held, consumer not added yet (recovering first)
+    HELD = "held"  # consuming
+    DROPPING = "dropping"  # consumer being cancelled; lease released after
+
+
+class NodeNameTaken(RuntimeError):
+    pass
+
+
+class Coordinator:
+    """One node's partition ownership. Thread-safe; the consumer-side steps run on the
+    worker's loop through ``schedule`` (set by :class:`OwnershipStep`)."""
+
+    def __init__(
+        self,
+        leases: Leases,
+        broker: redis.Redis,
+        notifications: redis.Redis,
+        partitions: int,
+        ttl: float,
+    ) -> None:
+        self.leases = leases
+        #: its own client, without the leases' short socket timeout: it mostly waits
+        self.notifications = notifications
+        self.node = leases.node
+        self.broker = broker
+        self.partitions = partitions
+        self.ttl = ttl
+        self.interval = ttl / 3
+        self.phases: dict[int, Phase] = {}
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.renewed_at = time.monotonic()
+        self.consumer: Any = None  # the Celery consumer, while it runs
+        self.on_take: Any = None  # called on the worker's loop before consuming (recovery)
+        self._thread: threading.Thread | None = None
+        self._listener: Any = None
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def claim_name(self) -> None:
+        """Wait out a previous life of this node name (a restart after SIGKILL); refuse
+        if another live process keeps renewing it."""
+        client = self.leases.client
+        deadline = time.monotonic() + 2 * self.ttl + 1
+        while (score := client.zscore(NODES, self.node)) is not None:
+            now_ms = client.time()
+            if score <= now_ms[0] * 1000 + now_ms[1] // 1000:
+                break
+            if time.monotonic() > deadline:
+                raise NodeNameTaken(f"node name {self.node!r} is in use by a live node")
+            time.sleep(0.2)
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        pubsub = self.notifications.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(**{CHANGED: lambda _message: self.wake.set()})
+        self._listener = pubsub.run_in_thread(
+            sleep_time=self.interval, daemon=True, exception_handler=self._listener_failed
+        )
+        self._thread = threading.Thread(target=self._run, name="parley-ownership", daemon=True)
+        self._thread.start()
+
+    def _listener_failed(self, exc: BaseException, pubsub: Any, thread: Any) -> None:
+        log.debug("ownership notifications interrupted: %s", exc)
+        time.sleep(self.interval)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.ttl)
+        if self._listener is not None:
+            self._listener.stop()
+
+    def _run(self) -> None:
+        first = True
+        while not self.stopping.is_set():
+            try:
+                self.tick()
+                if first:
+                    self.leases.announce()
+                    first = False
+            except redis.RedisError as exc:
+                self._unreachable(exc)
+            except Exception:  # a bug must not silently end ownership: log, keep going
+                log.exception("ownership tick failed")
+            self.wake.wait(self.interval)
+            self.wake.clear()
+
+    # -- one round -----------------------------------------------------------------------
+
+    def tick(self) -> None:
+        started = time.monotonic()
+        nodes = self.leases.heartbeat()
+        with self.lock:
+            mine = dict(self.phases)
+        kept = self.leases.renew(mine)
+        self.renewed_at = started
+        for partition in sorted(mine.keys() - kept):
+            log.error("partition %d: lease lost (expired or taken); stop consuming", partition)
+            self._drop(partition)
+        owners = assignment(self.partitions, nodes)
+        desired = {k for k, node in owners.items() if node == self.node}
+        for partition, phase in sorted(mine.items()):
+            if partition in kept and phase is Phase.HELD and partition not in desired:
+                log.info("partition %d: handing over to %s", partition, owners.get(partition))
+                self._drop(partition)
+        for partition in sorted(desired - mine.keys()):
+            if self.stopping.is_set():
+                return
+            if self.leases.acquire(partition):
+                self._take(partition)
+
+    def _unreachable(self, exc: BaseException) -> None:
+        """Redis unreachable: once the leases could have run out before the next try,
+        stop consuming (another node may own them by then)."""
+        left = self.ttl - (time.monotonic() - self.renewed_at)
+        log.warning("cannot renew partition leases (%s); %.1fs left on them", exc, left)
+        if left <= self.interval * 1.5:
+            with self.lock:
+                consuming = [k for k, phase in self.phases.items() if phase is not Phase.DROPPING]
+            for partition in consuming:
+                self._drop(partition)
+
+    # -- taking and dropping, on the worker's loop ---------------------------------------
+
+    def _take(self, partition: int) -> None:
+        with self.lock:
+            self.phases[partition] = Phase.TAKING
+        restored = restore_unacked(self.broker, queue_name(partition))
+        if restored:
+            log.warning(
+                "partition %d: put %d unacked message(s) back in front", partition, restored
+            )
+        self.schedule(self._consume, partition)
+
+    def _consume(self, partition: int) -> None:
+        if self.on_take is not None:
+            self.on_take(partition)
+        with self.lock:
+            if self.phases.get(partition) is not Phase.TAKING:
+                return  # dropped meanwhile
+            self.consumer.add_task_queue(queue_name(partition))
+            self.phases[partition] = Phase.HELD
+        log.info("partition %d: consuming", partition)
+
+    def _drop(self, partition: int) -> None:
+        with self.lock:
+            if self.phases.get(partition) is Phase.DROPPING:
+                return
+            self.phases[partition] = Phase.DROPPING
+        self.schedule(self._stop_consuming, partition)
+
+    def _stop_consuming(self, partition: int) -> None:
+        self.cancel([partition])
+        with self.lock:
+            self.phases.pop(partition, None)
+        self.leases.release([partition])
+        log.info("partition %d: released", partition)
+
+    def cancel(self, partitions: list[int]) -> None:
+        """Stop consuming these queues, leaving no popped message behind."""
+        consumer = self.consumer
+        if consumer is None or consumer.task_consumer is None:
+            return
+        settle_pending_pop(consumer.task_consumer.channel, self.broker)
+        for partition in partitions:
+            consumer.cancel_task_queue(queue_name(partition))
+
+    def schedule(self, function: Any, *args: Any) -> None:
+        """Run on the worker's loop thread, between messages."""
+        self.consumer.hub.call_soon(function, *args)
+
+    def relinquish(self, leave: bool) -> None:
+        """On the worker's thread, with its loop stopped: stop consuming every partition
+        and release them at once (SIGTERM, or a consumer restart)."""
+        with self.lock:
+            partitions = sorted(self.phases)
+            self.phases.clear()
+        if self.consumer is not None:
+            try:
+                self.cancel(partitions)
+            except Exception as exc:  # a dead connection: nothing is consumed on it anyway
+                log.warning("cancelling partition consumers failed: %s", exc)
+            for queue in map(queue_name, partitions):
+                self.consumer.app.amqp.queues.deselect(queue)
+        try:
+            self.leases.release(partitions)
+            if leave:
+                self.leases.leave()
+        except redis.RedisError as exc:
+            log.warning("could not release leases (they will expire): %s", exc)
+        if partitions:
+            log.info("released partitions %s", ",".join(map(str, partitions)))
+
+
+def settle_pending_pop(channel: Any, broker: redis.Redis) -> None:
+    """If the task channel has a BRPOP in flight, read its answer now and push what it
+    popped back to the front of its queue.
+
+    kombu cancels a consumer without waiting for the pop already sent; a message that
+    pop takes for the cancelled queue would be requeued at the BACK — behind newer
+    messages — or, on shutdown, restored after the next owner started. Either breaks
+    the partition's order, so the answer is read here (private kombu state:
+    ``_in_poll`` is the connection with a pending BRPOP).
+    """
+    connection = getattr(channel, "_in_poll", None)
+    if not connection:
+        return
+    try:
+        reply = channel.client.parse_response(connection, "BRPOP")
+    finally:
+        channel._in_poll = None
+    if reply:
+        key, raw = reply
+        broker.rpush(key, raw)  # BRPOP takes from the right: this is the front again
+
+
+def restore_unacked(
+    broker: redis.Redis,
+    queue: str,
+    unacked: str = "unacked",
+    index: str = "unacked_index",
+) -> int:
+    """Put a dead predecessor's unacked message(s) for ``queue`` back at its front.
+
+    Only the lease holder consumes a queue, so at takeover anything still unacked for
+    it was taken by a node that is gone; kombu would restore it only after the
+    visibility timeout, behind everything newer.
+    """
+    tags = broker.zrange(index, 0, -1)  # oldest first
+    if not tags:
+        return 0
+    ours = [
+        (tag, raw)
+        for tag, raw in zip(tags, broker.hmget(unacked, tags), strict=True)
+        if raw is not None and json.loads(raw)[2] == queue
+    ]
+    restored = 0
+    for tag, raw in reversed(ours):  # newest first: the oldest ends up in front
+        payload = json.loads(raw)[0]
+        payload["headers"]["redelivered"] = True
+        payload["properties"].setdefault("delivery_info", {})["redelivered"] = True
+        with broker.pipeline() as pipe:
+            try:
+                pipe.watch(unacked)
+                if not pipe.hexists(unacked, tag):
+                    continue  # restored by someone else meanwhile
+                pipe.multi()
+                pipe.hdel(unacked, tag)
+                pipe.zrem(index, tag)
+                pipe.rpush(queue, json.dumps(payload))
+                pipe.execute()
+                restored += 1
+            except redis.WatchError:
+                continue
+    return restored
+
+
+_coordinator: Coordinator | None = None
+
+
+class OwnershipStep(bootsteps.StartStopStep):
+    """Runs the coordinator inside the Celery consumer: it needs the consumer's task
+    queues and its event loop."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def start(self, c: Any) -> None:
+        assert _coordinator is not None
+        if c.hub is None:
+            raise RuntimeError("--partitions auto needs the worker's event loop (Redis broker)")
+        _coordinator.consumer = c
+        _coordinator.start()
+
+    def stop(self, c: Any) -> None:
+        # a consumer restart (broker connection lost): start over with no partitions
+        if _coordinator is not None and not _coordinator.stopping.is_set():
+            _coordinator.relinquish(leave=False)
+
+    def shutdown(self, c: Any) -> None:
+        if _coordinator is not None:
+            _coordinator.stop()
+            _coordinator.relinquish(leave=True)
+
+
+def install(app: Celery, coordinator: Coordinator) -> None:
+    global _coordinator
+    _coordinator = coordinator
+    app.steps["consumer"].add(OwnershipStep)
+    # SIGTERM: take nothing new from here on; the consumer's shutdown hands over
+    signals.worker_shutting_down.connect(_shutting_down, weak=False)
+
+
+def _shutting_down(**_: Any) -> None:
+    if _coordinator is not None:
+        _coordinator.stopping.set()
