@@ -48,6 +48,15 @@ def deployment(
     )
 
 
+def users_in(partition: int, count: int) -> list[str]:
+    users = (str(n) for n in itertools.count(10**6))
+    return list(
+        itertools.islice(
+            (u for u in users if partition_for(PHONE_ID, u, PARTITIONS) == partition), count
+        )
+    )
+
+
 def owners(server: RedisServer) -> list[str | None]:
     return holders(server.client(3), PARTITIONS)
 
@@ -165,11 +174,7 @@ def test_a_long_handler_keeps_its_lease_and_the_hand_over_waits_for_it(
         wait_for(lambda: owned_by(redis_server) == {f"first@{host()}": PARTITIONS})
         later = assignment(PARTITIONS, [f"first@{host()}", f"second@{host()}"])
         moving = next(k for k, node in later.items() if node.startswith("second@"))
-        user = next(
-            u
-            for u in map(str, range(10**6, 10**7))
-            if partition_for(PHONE_ID, u, PARTITIONS) == moving
-        )
+        (user,) = users_in(moving, 1)
         pipeline.publish(user, "1 block")
         table = redis_server.client(2)
         wait_for(lambda: table.hget(f"{PHONE_ID}:df:control", "started"), what="handler start")
@@ -191,6 +196,35 @@ def test_a_long_handler_keeps_its_lease_and_the_hand_over_waits_for_it(
         ]
         assert (first_pid, second_pid) == tuple(w.process.pid for w in pipeline.workers)
         assert first_end <= second_start
+    finally:
+        pipeline.close()
+
+
+def test_sigkill_mid_handler_the_successor_finishes_it_first_without_the_visibility_timeout(
+    redis_url: str, redis_server: RedisServer, tmp_path: Path, graph: FakeGraphAPI
+) -> None:
+    pipeline = deployment(redis_server, tmp_path, graph, lease_ttl=1)  # visibility: 1 h
+    try:
+        doomed = pipeline.start_worker("tests.apps:recording", "auto", "doomed")
+        wait_for(lambda: owned_by(redis_server) == {f"doomed@{host()}": PARTITIONS})
+        user, neighbour = users_in(3, 2)
+        pipeline.publish(user, "1 block")
+        pipeline.publish(neighbour, "10")
+        pipeline.publish(user, "2")
+        table = redis_server.client(2)
+        wait_for(lambda: table.hget(f"{PHONE_ID}:df:control", "started"), what="handler start")
+        doomed.kill()
+        table.hset(f"{PHONE_ID}:df:control", "release", b"true")
+        heir = pipeline.start_worker("tests.apps:recording", "auto", "heir")
+        wait_for(lambda: pipeline.seqs(user) == [1, 2] and pipeline.seqs(neighbour) == [10])
+        runs = {(u, seq): (start, end) for u, seq, _, start, end in pipeline.runs()}
+        assert len(runs) == len(pipeline.runs()) == 3
+        assert runs[(user, 1)][1] <= runs[(neighbour, 10)][0]  # nothing overtook message 1
+        # the killed node's unacked message went back in front at takeover (not after
+        # the broker's 1 h visibility timeout) and was acked as already done
+        wait_for(lambda: redis_server.client(3).hlen("unacked") == 0, what="nothing unacked")
+        assert "unacked message(s) back in front" in heir.log()
+        assert "already done" in heir.log()
     finally:
         pipeline.close()
 
