@@ -25,7 +25,7 @@ from tests.payloads import PHONE_ID
 from tests.redis_server import RedisServer
 from tests.test_workers_e2e import Pipeline, wait_for
 from workers.leases import NODES, Leases, assignment, holders, lease_key
-from workers.partition import partition_for
+from workers.partition import partition_for, queue_name
 
 PARTITIONS = 12
 
@@ -227,6 +227,43 @@ def test_sigkill_mid_handler_the_successor_finishes_it_first_without_the_visibil
         assert "already done" in heir.log()
     finally:
         pipeline.close()
+
+
+def test_a_node_that_cannot_renew_stops_consuming(
+    redis_url: str, redis_server: RedisServer, tmp_path: Path, graph: FakeGraphAPI
+) -> None:
+    """The pipeline DB (leases) becomes unreachable while the broker stays up: the node
+    must stop taking messages before its leases can expire and another node take over."""
+    leases_db = RedisServer().start()
+    pipeline = Pipeline(
+        redis_server,
+        tmp_path,
+        graph,
+        PARLEY_PARTITIONS=str(PARTITIONS),
+        PARLEY_LEASE_TTL="1.5",
+        PARLEY_PIPELINE_URL=leases_db.db_url(3),
+    )
+    try:
+        worker = pipeline.start_worker("tests.apps:recording", "auto", "cut-off")
+        wait_for(lambda: None not in holders(leases_db.client(3), PARTITIONS))
+        leases_db.stop()
+        wait_for(
+            lambda: worker.log().count("stopped consuming") == PARTITIONS,
+            timeout=20,
+            what="every partition's consumer cancelled",
+        )
+        user = "51912340000"
+        partition = pipeline.publish(user, "1")
+        broker = redis_server.client(3)
+        until = time.monotonic() + 3.0  # two lease lifetimes: nothing may take it
+        while time.monotonic() < until:
+            assert broker.llen(queue_name(partition)) == 1 and broker.hlen("unacked") == 0
+            time.sleep(0.05)
+        leases_db.start()  # same port, empty: the node registers and takes them again
+        wait_for(lambda: pipeline.seqs(user) == [1], what="the message, once leases are back")
+    finally:
+        pipeline.close()
+        leases_db.close()
 
 
 # -- chaos -----------------------------------------------------------------------------

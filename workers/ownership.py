@@ -167,7 +167,12 @@ class Coordinator:
     def _take(self, partition: int) -> None:
         with self.lock:
             self.phases[partition] = Phase.TAKING
-        restored = restore_unacked(self.broker, queue_name(partition))
+        try:
+            restored = restore_unacked(self.broker, queue_name(partition))
+        except redis.RedisError:
+            with self.lock:  # not taken: the next round tries again (the lease is ours)
+                self.phases.pop(partition, None)
+            raise
         if restored:
             log.warning(
                 "partition %d: put %d unacked message(s) back in front", partition, restored
@@ -195,8 +200,11 @@ class Coordinator:
         self.cancel([partition])
         with self.lock:
             self.phases.pop(partition, None)
-        self.leases.release([partition])
-        log.info("partition %d: released", partition)
+        log.info("partition %d: stopped consuming", partition)
+        try:
+            self.leases.release([partition])
+        except redis.RedisError as exc:  # unreachable: it expires instead
+            log.warning("partition %d: lease not released (%s); it will expire", partition, exc)
 
     def cancel(self, partitions: list[int]) -> None:
         """Stop consuming these queues, leaving no popped message behind."""
