@@ -180,8 +180,13 @@ class Coordinator:
         self.schedule(self._consume, partition)
 
     def _consume(self, partition: int) -> None:
-        if self.on_take is not None:
-            self.on_take(partition)
+        try:
+            if self.on_take is not None:
+                self.on_take(partition)
+        except Exception:  # not taken; the lease is released and the next round retries
+            log.exception("partition %d: recovery before consuming failed", partition)
+            self._drop(partition)
+            return
         with self.lock:
             if self.phases.get(partition) is not Phase.TAKING:
                 return  # dropped meanwhile
