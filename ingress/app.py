@@ -8,6 +8,7 @@ fails, having marked nothing as seen, so Meta's retry goes through normally.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -19,12 +20,14 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from ingress.accept import Acceptor
+from workers.metrics import IngressMetrics
 from workers.settings import Settings, get_settings
 from workers.webhook import InvalidWebhook, split_delivery
 
@@ -52,6 +55,12 @@ def create_app(settings: Settings | None = None, *, skip_signature: bool = False
     if skip_signature:
         log.warning("!!! WEBHOOK SIGNATURES ARE NOT CHECKED: anyone can post to this ingress !!!")
 
+    metrics = IngressMetrics(settings)
+
+    def refuse(status: int, reason: str, error: str) -> Response:
+        metrics.refused(reason)
+        return _answer(status, error=error)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = Redis.from_url(settings.pipeline, socket_timeout=5, socket_connect_timeout=2)
@@ -59,6 +68,7 @@ def create_app(settings: Settings | None = None, *, skip_signature: bool = False
         app.state.acceptor = Acceptor(client, settings)
         yield
         await client.aclose()
+        metrics.client.close()
 
     async def verify(request: Request) -> Response:
         params = request.query_params
@@ -77,29 +87,29 @@ def create_app(settings: Settings | None = None, *, skip_signature: bool = False
         started = time.perf_counter()
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > settings.max_body_bytes:
-            return _answer(413, error=f"body over {settings.max_body_bytes} bytes")
+            return refuse(413, "too_large", f"body over {settings.max_body_bytes} bytes")
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
             if len(body) > settings.max_body_bytes:
-                return _answer(413, error=f"body over {settings.max_body_bytes} bytes")
+                return refuse(413, "too_large", f"body over {settings.max_body_bytes} bytes")
         raw = bytes(body)
         if not skip_signature and not signature_ok(
             secret, raw, request.headers.get("x-hub-signature-256")
         ):
             log.info("delivery refused: bad or missing signature (%d bytes)", len(raw))
-            return _answer(401, error="invalid X-Hub-Signature-256")
+            return refuse(401, "bad_signature", "invalid X-Hub-Signature-256")
         try:
             payload = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            return _answer(400, error="body is not JSON")
+            return refuse(400, "not_json", "body is not JSON")
         try:
             envelopes = split_delivery(payload, received_at=time.time())
         except InvalidWebhook as exc:
-            return _answer(400, error=f"not a WhatsApp webhook: {exc}")
+            return refuse(400, "not_whatsapp", f"not a WhatsApp webhook: {exc}")
         except Exception as exc:  # shapes split_delivery did not foresee: still the sender's fault
             log.warning("delivery refused: malformed (%s)", type(exc).__name__)
-            return _answer(400, error="malformed WhatsApp webhook")
+            return refuse(400, "malformed", "malformed WhatsApp webhook")
         try:
             ids = await request.app.state.acceptor.accept(envelopes)
         except Exception as exc:
@@ -109,8 +119,12 @@ def create_app(settings: Settings | None = None, *, skip_signature: bool = False
                 type(exc).__name__,
                 exc,
             )
+            metrics.deliveries.labels("unavailable", type(exc).__name__).inc()
             return _answer(503, error="temporarily unavailable; retry")
         accepted = sum(1 for i in ids if i)
+        metrics.deliveries.labels("accepted", "").inc()
+        metrics.envelopes.labels("new").inc(accepted)
+        metrics.envelopes.labels("duplicate").inc(len(ids) - accepted)
         log.info(
             "delivery outcome=accepted envelopes=%d new=%d duplicates=%d ids=%s ms=%.2f",
             len(envelopes),
@@ -128,6 +142,12 @@ def create_app(settings: Settings | None = None, *, skip_signature: bool = False
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "alive"}
+
+    @app.get("/metrics")
+    async def metrics_page() -> Response:
+        # the pipeline collector reads Redis synchronously: off the event loop
+        page = await asyncio.to_thread(generate_latest, metrics.registry)
+        return Response(page, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:

@@ -22,6 +22,9 @@ from workers.webhook import Envelope
 
 DEAD_LETTERS = "parley:dead"
 REPLAY_LOG = "parley:log"
+#: Handler run times of finished envelopes, all nodes: a count per bucket, sum, count
+LATENCY = "parley:latency"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 SCRIPTS = resources.files("workers") / "scripts"
 BEGIN = (SCRIPTS / "begin.lua").read_text()
 FINISH = (SCRIPTS / "finish.lua").read_text()
@@ -63,12 +66,14 @@ class PipelineStore:
         )
         return bool(started)
 
-    async def finish(self, envelope: Envelope, partition: int) -> None:
+    async def finish(self, envelope: Envelope, partition: int, seconds: float) -> None:
+        """Mark done, clear in-flight, count the handler's run time."""
+        bucket = next((b for b in LATENCY_BUCKETS if seconds <= b), "+Inf")
         await evalsha(
             self.client,
             self._finish,
-            [done_key(envelope), inflight_key(partition), DEAD_LETTERS],
-            [time.time(), self.done_ttl, envelope.dead_letter_id or ""],
+            [done_key(envelope), inflight_key(partition), DEAD_LETTERS, LATENCY],
+            [time.time(), self.done_ttl, envelope.dead_letter_id or "", f"le:{bucket}", seconds],
         )
 
     async def dead_letter(

@@ -239,10 +239,11 @@ class Runtime:
                 exc,
             )
             return "dead"
+        seconds = time.perf_counter() - t0
         await self._retry_in_place(
-            "finish", envelope, lambda: self.pipeline.finish(envelope, partition)
+            "finish", envelope, lambda: self.pipeline.finish(envelope, partition, seconds)
         )
-        log.info("handled %s in %.1f ms", task_repr(envelope), (time.perf_counter() - t0) * 1000)
+        log.info("handled %s in %.1f ms", task_repr(envelope), seconds * 1000)
         return "done"
 
     async def dispatch(self, envelope: Envelope) -> None:
