@@ -138,3 +138,26 @@ class Acceptor:
                 await pipe.execute()
             raise
         return ids
+
+
+class MemoryAcceptor:
+    """Dedup and replay log in this process's memory, publishing through Celery: the
+    ingress of ``parley demo`` when it runs with no Redis (and an in-memory broker)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.seen: set[str] = set()
+        self.log: list[Envelope] = []
+
+    async def accept(self, envelopes: list[Envelope]) -> list[str | None]:
+        ids: list[str | None] = []
+        for envelope in envelopes:
+            key = seen_key(envelope)
+            if key in self.seen:
+                ids.append(None)
+                continue
+            publish(envelope, self.settings)
+            self.seen.add(key)
+            self.log.append(envelope)
+            ids.append(f"{len(self.log)}-0")
+        return ids

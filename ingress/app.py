@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from ingress.accept import Acceptor
+from ingress.accept import Acceptor, MemoryAcceptor
 from workers.metrics import IngressMetrics
 from workers.settings import Settings, get_settings
 from workers.webhook import InvalidWebhook, split_delivery
@@ -44,7 +44,13 @@ def signature_ok(secret: bytes, body: bytes, header: str | None) -> bool:
     return hmac.compare_digest(expected, (header or "").encode())
 
 
-def create_app(settings: Settings | None = None, *, skip_signature: bool = False) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    skip_signature: bool = False,
+    acceptor: MemoryAcceptor | None = None,
+) -> FastAPI:
+    """The ingress; ``acceptor`` replaces Redis (``parley demo`` with no service)."""
     settings = settings or get_settings()
     secret = settings.whatsapp_app_secret.encode()
     if not secret and not skip_signature:
@@ -63,6 +69,10 @@ def create_app(settings: Settings | None = None, *, skip_signature: bool = False
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if acceptor is not None:
+            app.state.redis, app.state.acceptor = None, acceptor
+            yield
+            return
         client = Redis.from_url(settings.pipeline, socket_timeout=5, socket_connect_timeout=2)
         app.state.redis = client
         app.state.acceptor = Acceptor(client, settings)
@@ -152,7 +162,8 @@ def create_app(settings: Settings | None = None, *, skip_signature: bool = False
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
         try:
-            await app.state.redis.ping()
+            if app.state.redis is not None:
+                await app.state.redis.ping()
         except Exception as exc:
             return JSONResponse({"status": "unavailable", "error": type(exc).__name__}, 503)
         return JSONResponse({"status": "ready"})

@@ -118,3 +118,39 @@ class PipelineStore:
             record[b"node"].decode(),
             float(record[b"started_at"]),
         )
+
+
+class MemoryPipelineStore:
+    """The same bookkeeping in this process's memory, for ``parley demo`` with no Redis:
+    one worker, so no atomicity is needed across processes."""
+
+    def __init__(self) -> None:
+        self.done: set[str] = set()
+        self.running: dict[int, InFlight] = {}
+        self.dead: list[dict[str, object]] = []
+
+    async def begin(self, envelope: Envelope, partition: int, node: str) -> bool:
+        if done_key(envelope) in self.done:
+            return False
+        self.running[partition] = InFlight(envelope, node, time.time())
+        return True
+
+    async def finish(self, envelope: Envelope, partition: int, seconds: float) -> None:
+        self.done.add(done_key(envelope))
+        self.running.pop(partition, None)
+
+    async def dead_letter(
+        self,
+        envelope: Envelope,
+        partition: int,
+        error: BaseException,
+        handler: str,
+        attempts: int,
+        first_failure: float,
+    ) -> str:
+        self.dead.append({"envelope": envelope, "error": repr(error), "handler": handler})
+        await self.finish(envelope, partition, 0.0)
+        return f"memory-{len(self.dead)}"
+
+    async def in_flight(self, partition: int) -> InFlight | None:
+        return self.running.get(partition)

@@ -16,6 +16,7 @@ import socket
 import time
 from typing import Any
 
+import httpx
 from celery import Celery
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -25,7 +26,7 @@ from cache.redis import close_pools
 from workers.builder import ParleyApp, load_app
 from workers.messenger import MessengerTransientError, WhatsAppMessenger
 from workers.partition import partition_for, queue_name
-from workers.pipeline import PipelineStore
+from workers.pipeline import MemoryPipelineStore, PipelineStore
 from workers.settings import Settings, get_settings
 from workers.webhook import Envelope, Webhook, mask_user_id
 
@@ -50,6 +51,8 @@ def configure_celery(settings: Settings, app: Celery = celery_app) -> None:
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout,
+            # the in-memory broker (parley demo) polls; its default 1 s is a second a message
+            **({"polling_interval": 0.01} if settings.broker.startswith("memory://") else {}),
             **(
                 {
                     "unacked_restore_interval": settings.redelivery_scan_interval,
@@ -130,12 +133,20 @@ async def dispatch(app: ParleyApp, envelope: Envelope, messenger: Any) -> None:
 class Runtime:
     """Everything one worker process keeps across tasks."""
 
-    def __init__(self, app: ParleyApp, node: str | None = None) -> None:
+    def __init__(
+        self,
+        app: ParleyApp,
+        node: str | None = None,
+        *,
+        pipeline: PipelineStore | MemoryPipelineStore | None = None,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        """``pipeline`` and ``http`` (the Graph API client) are for ``parley demo``."""
         self.app = app
         self.settings = app.settings
         self.node = node or f"parley-{os.getpid()}@{socket.gethostname()}"
         self.loop = asyncio.new_event_loop()
-        self.pipeline = PipelineStore(
+        self.pipeline = pipeline or PipelineStore(
             Redis.from_url(self.settings.pipeline), self.settings.done_ttl
         )
         self.messenger = WhatsAppMessenger(
@@ -143,6 +154,7 @@ class Runtime:
             self.settings.whatsapp_phone_id,
             api_base=self.settings.whatsapp_api_base,
             api_version=self.settings.whatsapp_api_version,
+            client=http,
         )
         self._started = False
 
@@ -157,7 +169,8 @@ class Runtime:
             if self._started:
                 await self.app.handler.on_shutdown()
             await self.messenger.aclose()
-            await self.pipeline.client.aclose()
+            if isinstance(self.pipeline, PipelineStore):
+                await self.pipeline.client.aclose()
             await close_pools()
 
         self.loop.run_until_complete(_close())
