@@ -1,0 +1,110 @@
+"""Flower over its HTTP API, all real: ``celery -A workers flower`` on a free port, the
+tests' redis-server as broker, a ``parley worker`` that processed webhooks."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fake_graph import FakeGraphAPI
+from tests.redis_server import RedisServer, free_port
+from tests.test_workers_e2e import PARTITIONS, Pipeline, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+AUTH = ("admin", "flower-test-password")
+SECRET_TEXT = "deliver to 221B Baker Street"
+
+
+@pytest.fixture
+def graph() -> Iterator[FakeGraphAPI]:
+    with FakeGraphAPI(token="test-token") as fake:
+        yield fake
+
+
+@pytest.fixture
+def flower(redis_url: str, redis_server: RedisServer, tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    log = (tmp_path / "flower.log").open("wb")
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "celery", "-A", "workers", "flower"),
+            f"--port={port}",
+            "--address=127.0.0.1",
+        ],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "PARLEY_REDIS_URL": redis_server.url,
+            "PARLEY_PARTITIONS": str(PARTITIONS),
+            "FLOWER_BASIC_AUTH": ":".join(AUTH),  # as the compose file passes it
+        },
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError((tmp_path / "flower.log").read_text())
+        try:
+            return httpx.get(f"{url}/healthcheck", auth=AUTH).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(up, timeout=60, what="flower")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+def test_flower_shows_nodes_partition_queues_and_safe_tasks(
+    flower: str, redis_server: RedisServer, tmp_path: Path, graph: FakeGraphAPI
+) -> None:
+    assert httpx.get(f"{flower}/api/workers").status_code == 401  # basic auth is on
+    client = httpx.Client(base_url=flower, auth=AUTH, timeout=30)
+    pipeline = Pipeline(redis_server, tmp_path, graph)
+    user = "51987654321"
+    try:
+        pipeline.start_worker("tests.apps:recording", "auto", "watched")
+        node = f"watched@{socket.gethostname()}"
+
+        def consuming_all() -> dict[str, Any] | None:
+            workers = client.get("/api/workers", params={"refresh": "1"}).json()
+            queues = {q["name"] for q in workers.get(node, {}).get("active_queues", [])}
+            return workers if {f"parley.p{k}" for k in range(PARTITIONS)} <= queues else None
+
+        wait_for(consuming_all, timeout=60, what="the node's partition queues in Flower")
+        for seq in range(3):
+            pipeline.publish(user, f"{seq} {SECRET_TEXT}")
+        wait_for(lambda: pipeline.seqs(user) == [0, 1, 2], what="three webhooks")
+
+        def succeeded() -> dict[str, Any] | None:
+            tasks = client.get("/api/tasks").json()
+            done = {i: t for i, t in tasks.items() if t.get("state") == "SUCCESS"}
+            return done if len(done) == 3 else None
+
+        tasks = wait_for(succeeded, timeout=60, what="three tasks in Flower")
+        for task_id, task in tasks.items():
+            assert task["worker"] == node
+            assert task["name"] == "parley.message"  # named after what it does
+            assert task["args"].startswith("tenant=") and "user=*******4321" in task["args"]
+            info = client.get(f"/api/task/info/{task_id}")
+            assert info.status_code == 200
+            for text in (info.text, client.get("/api/tasks").text):
+                assert SECRET_TEXT not in text and user not in text
+        metrics = client.get("/metrics")
+        assert metrics.status_code == 200
+        assert 'flower_events_total{task="' in metrics.text and "task-succeeded" in metrics.text
+    finally:
+        pipeline.close()
