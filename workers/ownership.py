@@ -23,6 +23,7 @@ import json
 import logging
 import threading
 import time
+from importlib import resources
 from typing import Any
 
 import redis
@@ -269,6 +270,9 @@ def settle_pending_pop(channel: Any, broker: redis.Redis) -> None:
         broker.rpush(key, raw)  # BRPOP takes from the right: this is the front again
 
 
+RESTORE_UNACKED = (resources.files("workers") / "scripts" / "restore_unacked.lua").read_text()
+
+
 def restore_unacked(
     broker: redis.Redis,
     queue: str,
@@ -289,24 +293,13 @@ def restore_unacked(
         for tag, raw in zip(tags, broker.hmget(unacked, tags), strict=True)
         if raw is not None and json.loads(raw)[2] == queue
     ]
+    script = broker.register_script(RESTORE_UNACKED)
     restored = 0
     for tag, raw in reversed(ours):  # newest first: the oldest ends up in front
         payload = json.loads(raw)[0]
         payload["headers"]["redelivered"] = True
         payload["properties"].setdefault("delivery_info", {})["redelivered"] = True
-        with broker.pipeline() as pipe:
-            try:
-                pipe.watch(unacked)
-                if not pipe.hexists(unacked, tag):
-                    continue  # restored by someone else meanwhile
-                pipe.multi()
-                pipe.hdel(unacked, tag)
-                pipe.zrem(index, tag)
-                pipe.rpush(queue, json.dumps(payload))
-                pipe.execute()
-                restored += 1
-            except redis.WatchError:
-                continue
+        restored += script(keys=[unacked, index, queue], args=[tag, json.dumps(payload)])
     return restored
 
 
