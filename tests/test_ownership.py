@@ -200,6 +200,35 @@ def test_a_long_handler_keeps_its_lease_and_the_hand_over_waits_for_it(
         pipeline.close()
 
 
+def test_sigterm_during_a_long_handler_keeps_the_leases_until_it_ends(
+    redis_url: str, redis_server: RedisServer, tmp_path: Path, graph: FakeGraphAPI
+) -> None:
+    ttl = 1.0
+    pipeline = deployment(redis_server, tmp_path, graph, lease_ttl=ttl)
+    try:
+        first = pipeline.start_worker("tests.apps:recording", "auto", "first")
+        mine = {f"first@{host()}": PARTITIONS}
+        wait_for(lambda: owned_by(redis_server) == mine)
+        (user,) = users_in(5, 1)
+        pipeline.publish(user, "1 block")
+        table = redis_server.client(2)
+        wait_for(lambda: table.hget(f"{PHONE_ID}:df:control", "started"), what="handler start")
+        first.process.terminate()  # warm shutdown: the message in hand is finished first
+        pipeline.publish(user, "2")
+        until = time.monotonic() + 4 * ttl
+        while time.monotonic() < until:  # still renewed while the handler runs
+            assert owned_by(redis_server) == mine
+            time.sleep(0.05)
+        table.hset(f"{PHONE_ID}:df:control", "release", b"true")
+        assert first.process.wait(timeout=30) == 0
+        assert pipeline.seqs(user) == [1]
+        assert owned_by(redis_server) == {None: PARTITIONS}  # released on the way out
+        pipeline.start_worker("tests.apps:recording", "auto", "second")
+        wait_for(lambda: pipeline.seqs(user) == [1, 2], what="message 2 on the next node")
+    finally:
+        pipeline.close()
+
+
 def test_sigkill_mid_handler_the_successor_finishes_it_first_without_the_visibility_timeout(
     redis_url: str, redis_server: RedisServer, tmp_path: Path, graph: FakeGraphAPI
 ) -> None:

@@ -23,6 +23,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -68,10 +69,14 @@ class Coordinator:
         self.phases: dict[int, Phase] = {}
         self.lock = threading.Lock()
         self.wake = threading.Event()
-        self.stopping = threading.Event()
+        #: SIGTERM: keep renewing what we hold (the message in hand may run long),
+        #: take and drop nothing more; the consumer's shutdown hands everything over
+        self.draining = threading.Event()
+        self.stopping = threading.Event()  # the thread ends
         self.renewed_at = time.monotonic()
         self.consumer: Any = None  # the Celery consumer, while it runs
-        self.on_take: Any = None  # called on the worker's loop before consuming (recovery)
+        #: run on the worker's loop before a taken partition is consumed (recovery)
+        self.on_take: Callable[[int], object] | None = None
         self._thread: threading.Thread | None = None
         self._listener: Any = None
 
@@ -137,6 +142,8 @@ class Coordinator:
             mine = dict(self.phases)
         kept = self.leases.renew(mine)
         self.renewed_at = started
+        if self.draining.is_set():
+            return
         for partition in sorted(mine.keys() - kept):
             log.error("partition %d: lease lost (expired or taken); stop consuming", partition)
             self._drop(partition)
@@ -147,7 +154,7 @@ class Coordinator:
                 log.info("partition %d: handing over to %s", partition, owners.get(partition))
                 self._drop(partition)
         for partition in sorted(desired - mine.keys()):
-            if self.stopping.is_set():
+            if self.draining.is_set():
                 return
             if self.leases.acquire(partition):
                 self._take(partition)
@@ -321,11 +328,12 @@ class OwnershipStep(bootsteps.StartStopStep):
 
     def stop(self, c: Any) -> None:
         # a consumer restart (broker connection lost): start over with no partitions
-        if _coordinator is not None and not _coordinator.stopping.is_set():
+        if _coordinator is not None and not _coordinator.draining.is_set():
             _coordinator.relinquish(leave=False)
 
     def shutdown(self, c: Any) -> None:
         if _coordinator is not None:
+            _coordinator.draining.set()
             _coordinator.stop()
             _coordinator.relinquish(leave=True)
 
@@ -340,4 +348,4 @@ def install(app: Celery, coordinator: Coordinator) -> None:
 
 def _shutting_down(**_: Any) -> None:
     if _coordinator is not None:
-        _coordinator.stopping.set()
+        _coordinator.draining.set()
