@@ -24,7 +24,7 @@ from tests.fake_graph import FakeGraphAPI
 from tests.payloads import PHONE_ID
 from tests.redis_server import RedisServer
 from tests.test_workers_e2e import Pipeline, wait_for
-from workers.leases import NODES, Leases, assignment, holders, lease_key
+from workers.leases import CHANGED, NODES, Leases, assignment, holders, lease_key
 from workers.partition import partition_for, queue_name
 
 PARTITIONS = 12
@@ -225,6 +225,31 @@ def test_sigterm_during_a_long_handler_keeps_the_leases_until_it_ends(
         assert owned_by(redis_server) == {None: PARTITIONS}  # released on the way out
         pipeline.start_worker("tests.apps:recording", "auto", "second")
         wait_for(lambda: pipeline.seqs(user) == [1, 2], what="message 2 on the next node")
+    finally:
+        pipeline.close()
+
+
+def test_a_node_never_runs_a_partition_whose_lease_another_node_holds(
+    redis_url: str, redis_server: RedisServer, tmp_path: Path, graph: FakeGraphAPI
+) -> None:
+    """The lease moves while the node still consumes (as when a starved node misses its
+    renewals): begin.lua refuses the envelope, it goes back in front, the node stops
+    consuming — and runs it once the lease is its own again."""
+    pipeline = deployment(redis_server, tmp_path, graph, lease_ttl=30)  # renews every 10 s
+    try:
+        node = pipeline.start_worker("tests.apps:recording", "auto", "fenced")
+        wait_for(lambda: owned_by(redis_server) == {f"fenced@{host()}": PARTITIONS})
+        broker = redis_server.client(3)
+        broker.set(lease_key(4), "intruder", ex=60)  # taken behind the node's back
+        (user,) = users_in(4, 1)
+        pipeline.publish(user, "1")
+        wait_for(lambda: "lease not held" in node.log(), what="the refusal")
+        wait_for(lambda: "partition 4: stopped consuming" in node.log(), what="the cancel")
+        assert broker.llen(queue_name(4)) == 1 and pipeline.seqs(user) == []
+        broker.delete(lease_key(4))  # the intruder goes away
+        broker.publish(CHANGED, "released intruder")
+        wait_for(lambda: pipeline.seqs(user) == [1], what="the message, on the lease holder")
+        assert owners(redis_server)[4] == f"fenced@{host()}"
     finally:
         pipeline.close()
 

@@ -155,6 +155,8 @@ def _join_as_auto_node(runtime: Any) -> None:
         settings.lease_ttl,
     )
     coordinator.on_take = lambda partition: runtime.run(runtime.recover([partition]))
+    runtime.fenced = True  # begin.lua runs an envelope only while the lease is ours
+    runtime.on_lease_lost = coordinator.lease_lost
     try:
         coordinator.claim_name()
     except NodeNameTaken as exc:

@@ -159,6 +159,11 @@ class Coordinator:
             if self.leases.acquire(partition):
                 self._take(partition)
 
+    def lease_lost(self, partition: int) -> None:
+        """The worker refused an envelope of ``partition``: its lease is another node's.
+        Re-check at once, so the consumer is cancelled before it takes more."""
+        self.wake.set()
+
     def _unreachable(self, exc: BaseException) -> None:
         """Redis unreachable: once the leases could have run out before the next try,
         stop consuming (another node may own them by then)."""

@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from cache.keys import escape_id
 from cache.redis import evalsha
+from workers.leases import lease_key
 from workers.webhook import Envelope
 
 DEAD_LETTERS = "parley:dead"
@@ -56,15 +57,19 @@ class PipelineStore:
         self._begin = client.register_script(BEGIN)
         self._finish = client.register_script(FINISH)
 
-    async def begin(self, envelope: Envelope, partition: int, node: str) -> bool:
-        """``False`` when the envelope is already done (a redelivery)."""
-        started = await evalsha(
-            self.client,
-            self._begin,
-            [done_key(envelope), inflight_key(partition)],
-            [orjson.dumps(envelope.to_json()), node, time.time()],
+    async def begin(
+        self, envelope: Envelope, partition: int, node: str, fenced: bool = False
+    ) -> int:
+        """1 started, 0 already done (a redelivery), -1 ``fenced`` and this node does
+        not hold the partition's lease."""
+        return int(
+            await evalsha(
+                self.client,
+                self._begin,
+                [done_key(envelope), inflight_key(partition), lease_key(partition)],
+                [orjson.dumps(envelope.to_json()), node, time.time(), "1" if fenced else "0"],
+            )
         )
-        return bool(started)
 
     async def finish(self, envelope: Envelope, partition: int, seconds: float) -> None:
         """Mark done, clear in-flight, count the handler's run time."""
@@ -129,11 +134,13 @@ class MemoryPipelineStore:
         self.running: dict[int, InFlight] = {}
         self.dead: list[dict[str, object]] = []
 
-    async def begin(self, envelope: Envelope, partition: int, node: str) -> bool:
+    async def begin(
+        self, envelope: Envelope, partition: int, node: str, fenced: bool = False
+    ) -> int:
         if done_key(envelope) in self.done:
-            return False
+            return 0
         self.running[partition] = InFlight(envelope, node, time.time())
-        return True
+        return 1
 
     async def finish(self, envelope: Envelope, partition: int, seconds: float) -> None:
         self.done.add(done_key(envelope))

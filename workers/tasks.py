@@ -14,6 +14,7 @@ import os
 import random
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -157,6 +158,10 @@ class Runtime:
             client=http,
         )
         self._started = False
+        #: --partitions auto: run an envelope only while holding its partition's lease
+        self.fenced = False
+        self.on_lease_lost: Callable[[int], object] | None = None
+        self._broker: Redis | None = None
 
     def run(self, coro: Any) -> Any:
         if not self._started:
@@ -169,6 +174,8 @@ class Runtime:
             if self._started:
                 await self.app.handler.on_shutdown()
             await self.messenger.aclose()
+            if self._broker is not None:
+                await self._broker.aclose()
             if isinstance(self.pipeline, PipelineStore):
                 await self.pipeline.client.aclose()
             await close_pools()
@@ -206,12 +213,31 @@ class Runtime:
         envelope = Envelope.from_json(raw)
         partition = partition_for(envelope.tenant_id, envelope.user_id, self.settings.partitions)
         started = await self._retry_in_place(
-            "begin", envelope, lambda: self.pipeline.begin(envelope, partition, self.node)
+            "begin",
+            envelope,
+            lambda: self.pipeline.begin(envelope, partition, self.node, self.fenced),
         )
-        if not started:
+        if started == 0:
             log.info("skipped %s: already done", task_repr(envelope))
             return "duplicate"
+        if started < 0:
+            await self._retry_in_place("put back", envelope, lambda: self._put_back(envelope))
+            return "not owner"
         return await self._run_to_end(envelope, partition)
+
+    async def _put_back(self, envelope: Envelope) -> None:
+        """The lease moved while this node still consumed the partition: put the
+        message back in front for the owner and make this node stop consuming."""
+        from workers.messages import celery_message
+
+        partition = partition_for(envelope.tenant_id, envelope.user_id, self.settings.partitions)
+        queue = queue_name(partition)
+        if self._broker is None:
+            self._broker = Redis.from_url(self.settings.broker)
+        await self._broker.rpush(queue, celery_message(envelope, queue))  # BRPOP's end
+        log.warning("partition %d: lease not held; put %s back", partition, task_repr(envelope))
+        if self.on_lease_lost is not None:
+            self.on_lease_lost(partition)
 
     async def _run_to_end(self, envelope: Envelope, partition: int) -> str:
         attempts = 0
