@@ -76,6 +76,9 @@ def test_metrics_count_deliveries_depths_owners_and_handler_runs(
         partition_a = partition_for(PHONE_ID, user_a, PARTITIONS)
         partition_b = partition_for(PHONE_ID, user_b, PARTITIONS)
         assert depths(metrics) == {partition_a: 2, partition_b: 1}
+        for partition in (partition_a, partition_b):  # the oldest waiting webhook's age
+            assert 0 < value(metrics, "parley_partition_lag_seconds", partition=str(partition)) < 60
+        assert value(metrics, "parley_partition_lag_seconds", partition=str(partition_a + 1)) == 0
         assert value(metrics, "parley_replay_log_entries") == 3
         assert value(metrics, "parley_dead_letters") == 0
         assert value(metrics, "parley_live_nodes") == 0
@@ -89,6 +92,7 @@ def test_metrics_count_deliveries_depths_owners_and_handler_runs(
             node = f"metered@{socket.gethostname()}"
             metrics = scrape(client)
             assert depths(metrics) == {}
+            assert value(metrics, "parley_partition_lag_seconds", partition=str(partition_a)) == 0
             assert value(metrics, "parley_handler_seconds_count") == 3
             assert value(metrics, "parley_handler_seconds_bucket", le="+Inf") == 3
             assert 0 < value(metrics, "parley_handler_seconds_sum") < 60

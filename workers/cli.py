@@ -333,19 +333,21 @@ def dead_drop(entry_id: str | None, drop_all: bool) -> None:
 
 @main.command()
 def status() -> None:
-    """Per partition its owner, queue depth and in-flight envelope; the live nodes."""
+    """Per partition its owner, queue depth, lag (age of the oldest waiting webhook) and
+    in-flight envelope; the live nodes."""
     from rich.table import Table
 
     from workers.replay import status as read_status
 
     client, settings = _pipeline_client()
     state = read_status(client, settings)
-    table = Table("partition", "queue", "depth", "owner (lease)", "in flight on")
+    table = Table("partition", "queue", "depth", "lag", "owner (lease)", "in flight on")
     for row in state["partitions"]:
         table.add_row(
             str(row["partition"]),
             f"parley.p{row['partition']}",
             str(row["depth"]),
+            f"{row['lag']:.1f}s" if row["lag"] is not None else "",
             row["owner"] or "-",
             row["in_flight"] or "",
         )

@@ -68,3 +68,15 @@ def celery_message(envelope: Envelope, queue: str) -> bytes:
             },
         }
     )
+
+
+def waiting_since(raw: bytes | None) -> float | None:
+    """When the envelope in a queued Celery message reached the ingress (epoch seconds):
+    for the oldest message of a queue, how long its partition lags behind."""
+    if raw is None:
+        return None
+    try:
+        args = orjson.loads(base64.b64decode(orjson.loads(raw)["body"]))[0]
+        return float(args[0]["received_at"])
+    except (ValueError, KeyError, IndexError, TypeError):  # not a Parley task
+        return None

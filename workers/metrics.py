@@ -10,6 +10,7 @@ without scraping each node). The ingress process adds its own delivery counters.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import redis
@@ -18,6 +19,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from prometheus_client.registry import Collector
 
 from workers.leases import NODES, lease_key
+from workers.messages import waiting_since
 from workers.partition import queue_name
 from workers.pipeline import DEAD_LETTERS, LATENCY, LATENCY_BUCKETS, REPLAY_LOG, inflight_key
 from workers.settings import Settings
@@ -34,6 +36,7 @@ class PipelineCollector(Collector):
             pipe.llen(queue_name(k))
             pipe.get(lease_key(k))
             pipe.exists(inflight_key(k))
+            pipe.lindex(queue_name(k), -1)  # the oldest waiting message
         pipe.zcard(NODES)
         pipe.xlen(DEAD_LETTERS)
         pipe.xlen(REPLAY_LOG)
@@ -53,14 +56,23 @@ class PipelineCollector(Collector):
             "1 while a partition's envelope runs",
             labels=["partition"],
         )
+        lag = GaugeMetricFamily(
+            "parley_partition_lag_seconds",
+            "Age of the oldest webhook waiting on a partition queue (0: none waiting)",
+            labels=["partition"],
+        )
+        now = time.time()
         for k in range(self.partitions):
-            queued, holder, running = per_partition[3 * k : 3 * k + 3]
+            queued, holder, running, oldest = per_partition[4 * k : 4 * k + 4]
+            since = waiting_since(oldest)
+            lag.add_metric([str(k)], max(0.0, now - since) if since is not None else 0.0)
             depth.add_metric([str(k)], queued)
             owner.add_metric([str(k), holder.decode() if holder else ""], 1 if holder else 0)
             in_flight.add_metric([str(k)], running)
         yield depth
         yield owner
         yield in_flight
+        yield lag
         yield GaugeMetricFamily("parley_live_nodes", "Worker nodes with a live heartbeat", nodes)
         yield GaugeMetricFamily("parley_dead_letters", "Envelopes on the dead-letter stream", dead)
         yield GaugeMetricFamily("parley_replay_log_entries", "Envelopes in the replay log", logged)

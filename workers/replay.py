@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 import redis
 
-from workers.messages import celery_message
+from workers.messages import celery_message, waiting_since
 from workers.partition import partition_for, queue_name
 from workers.pipeline import DEAD_LETTERS, REPLAY_LOG, inflight_key
 from workers.settings import Settings, parse_duration
@@ -159,19 +159,25 @@ def status(client: redis.Redis, settings: Settings) -> dict[str, Any]:
     for k in range(settings.partitions):
         pipe.llen(queue_name(k))
         pipe.hget(inflight_key(k), "node")
+        pipe.lindex(queue_name(k), -1)  # the oldest waiting message (BRPOP's end)
     pipe.xlen(REPLAY_LOG)
     pipe.xlen(DEAD_LETTERS)
     results = pipe.execute()
     owners = holders(client, settings.partitions)
-    partitions = [
-        {
-            "partition": k,
-            "depth": results[2 * k],
-            "owner": owners[k],
-            "in_flight": (results[2 * k + 1] or b"").decode() or None,
-        }
-        for k in range(settings.partitions)
-    ]
+    now = time.time()
+    partitions = []
+    for k in range(settings.partitions):
+        depth, running, oldest = results[3 * k : 3 * k + 3]
+        since = waiting_since(oldest)
+        partitions.append(
+            {
+                "partition": k,
+                "depth": depth,
+                "owner": owners[k],
+                "in_flight": (running or b"").decode() or None,
+                "lag": max(0.0, now - since) if since is not None else None,
+            }
+        )
     now = client.time()
     now_s = now[0] + now[1] / 1e6
     nodes = {
