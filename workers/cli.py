@@ -147,9 +147,10 @@ def _join_as_auto_node(runtime: Any) -> None:
         runtime.node,
         settings.lease_ttl,
     )
+    on_redis = settings.broker.startswith(("redis://", "rediss://", "unix://"))
     coordinator = Coordinator(
         leases,
-        redis.Redis.from_url(settings.broker),
+        redis.Redis.from_url(settings.broker) if on_redis else None,
         redis.Redis.from_url(settings.pipeline),
         settings.partitions,
         settings.lease_ttl,

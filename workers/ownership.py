@@ -53,7 +53,7 @@ class Coordinator:
     def __init__(
         self,
         leases: Leases,
-        broker: redis.Redis,
+        broker: redis.Redis | None,
         notifications: redis.Redis,
         partitions: int,
         ttl: float,
@@ -62,6 +62,8 @@ class Coordinator:
         #: its own client, without the leases' short socket timeout: it mostly waits
         self.notifications = notifications
         self.node = leases.node
+        #: the Redis broker, to put a dead node's message back in front (RabbitMQ,
+        #: without it, requeues unacked messages in place by itself)
         self.broker = broker
         self.partitions = partitions
         self.ttl = ttl
@@ -181,7 +183,7 @@ class Coordinator:
         with self.lock:
             self.phases[partition] = Phase.TAKING
         try:
-            restored = restore_unacked(self.broker, queue_name(partition))
+            restored = restore_unacked(self.broker, queue_name(partition)) if self.broker else 0
         except redis.RedisError:
             with self.lock:  # not taken: the next round tries again (the lease is ours)
                 self.phases.pop(partition, None)
@@ -229,7 +231,8 @@ class Coordinator:
         consumer = self.consumer
         if consumer is None or consumer.task_consumer is None:
             return
-        settle_pending_pop(consumer.task_consumer.channel, self.broker)
+        if self.broker is not None:
+            settle_pending_pop(consumer.task_consumer.channel, self.broker)
         for partition in partitions:
             consumer.cancel_task_queue(queue_name(partition))
 
