@@ -177,7 +177,7 @@ class Coordinator:
             for partition in consuming:
                 self._drop(partition)
 
-    # -- taking and dropping, on the worker's loop ---------------------------------------
+    # -- taking and dropping: the consumer side runs on the worker's loop ----------------
 
     def _take(self, partition: int) -> None:
         with self.lock:
@@ -195,6 +195,8 @@ class Coordinator:
         self.schedule(self._consume, partition)
 
     def _consume(self, partition: int) -> None:
+        if self.phases.get(partition) is not Phase.TAKING:
+            return  # dropped before its turn came
         try:
             if self.on_take is not None:
                 self.on_take(partition)
