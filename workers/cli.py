@@ -336,32 +336,30 @@ def dead_drop(entry_id: str | None, drop_all: bool) -> None:
 def status() -> None:
     """Per partition its owner, queue depth, lag (age of the oldest waiting webhook) and
     in-flight envelope; the live nodes."""
+    from collections import Counter
+
     from rich.table import Table
 
-    from workers.replay import status as read_status
+    from workers.partition import queue_name
+    from workers.status import read_state
 
     client, settings = _pipeline_client()
-    state = read_status(client, settings)
+    state = read_state(client, settings.partitions)
     table = Table("partition", "queue", "depth", "lag", "owner (lease)", "in flight on")
-    for row in state["partitions"]:
+    for row in state.partitions:
         table.add_row(
-            str(row["partition"]),
-            f"parley.p{row['partition']}",
-            str(row["depth"]),
-            f"{row['lag']:.1f}s" if row["lag"] is not None else "",
-            row["owner"] or "-",
-            row["in_flight"] or "",
+            str(row.partition),
+            queue_name(row.partition),
+            str(row.depth),
+            f"{row.lag:.1f}s" if row.lag is not None else "",
+            row.owner or "-",
+            row.in_flight or "",
         )
     console = _console()
     console.print(table)
-    owned: dict[str, int] = {}
-    for row in state["partitions"]:
-        if row["owner"]:
-            owned[row["owner"]] = owned.get(row["owner"], 0) + 1
+    owned = Counter(row.owner for row in state.partitions)
     nodes = Table("live node", "partitions", "heartbeat expires in")
-    for name, left in sorted(state["nodes"].items()):
-        nodes.add_row(name, str(owned.get(name, 0)), f"{left:.1f}s")
+    for name, left in sorted(state.nodes.items()):
+        nodes.add_row(name, str(owned[name]), f"{left:.1f}s")
     console.print(nodes)
-    console.print(
-        f"replay log: {state['replay_log']} envelopes   dead letters: {state['dead_letters']}"
-    )
+    console.print(f"replay log: {state.replay_log} envelopes   dead letters: {state.dead_letters}")

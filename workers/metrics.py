@@ -10,7 +10,6 @@ without scraping each node). The ingress process adds its own delivery counters.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import redis
@@ -18,11 +17,9 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from workers.leases import NODES, lease_key
-from workers.messages import waiting_since
-from workers.partition import queue_name
-from workers.pipeline import DEAD_LETTERS, LATENCY, LATENCY_BUCKETS, REPLAY_LOG, inflight_key
+from workers.pipeline import LATENCY_BUCKETS
 from workers.settings import Settings
+from workers.status import read_state
 
 
 class PipelineCollector(Collector):
@@ -31,18 +28,7 @@ class PipelineCollector(Collector):
         self.partitions = partitions
 
     def collect(self) -> Iterator[Metric]:
-        pipe = self.client.pipeline(transaction=False)
-        for k in range(self.partitions):
-            pipe.llen(queue_name(k))
-            pipe.get(lease_key(k))
-            pipe.exists(inflight_key(k))
-            pipe.lindex(queue_name(k), -1)  # the oldest waiting message
-        pipe.zcard(NODES)
-        pipe.xlen(DEAD_LETTERS)
-        pipe.xlen(REPLAY_LOG)
-        pipe.hgetall(LATENCY)
-        *per_partition, nodes, dead, logged, latency = pipe.execute()
-
+        state = read_state(self.client, self.partitions)
         depth = GaugeMetricFamily(
             "parley_partition_depth", "Messages waiting on a partition queue", labels=["partition"]
         )
@@ -61,22 +47,26 @@ class PipelineCollector(Collector):
             "Age of the oldest webhook waiting on a partition queue (0: none waiting)",
             labels=["partition"],
         )
-        now = time.time()
-        for k in range(self.partitions):
-            queued, holder, running, oldest = per_partition[4 * k : 4 * k + 4]
-            since = waiting_since(oldest)
-            lag.add_metric([str(k)], max(0.0, now - since) if since is not None else 0.0)
-            depth.add_metric([str(k)], queued)
-            owner.add_metric([str(k), holder.decode() if holder else ""], 1 if holder else 0)
-            in_flight.add_metric([str(k)], running)
+        for row in state.partitions:
+            k = str(row.partition)
+            depth.add_metric([k], row.depth)
+            owner.add_metric([k, row.owner or ""], 1 if row.owner else 0)
+            in_flight.add_metric([k], 1 if row.in_flight else 0)
+            lag.add_metric([k], row.lag or 0.0)
         yield depth
         yield owner
         yield in_flight
         yield lag
-        yield GaugeMetricFamily("parley_live_nodes", "Worker nodes with a live heartbeat", nodes)
-        yield GaugeMetricFamily("parley_dead_letters", "Envelopes on the dead-letter stream", dead)
-        yield GaugeMetricFamily("parley_replay_log_entries", "Envelopes in the replay log", logged)
-        yield handler_histogram({k.decode(): v.decode() for k, v in latency.items()})
+        yield GaugeMetricFamily(
+            "parley_live_nodes", "Worker nodes with a live heartbeat", len(state.nodes)
+        )
+        yield GaugeMetricFamily(
+            "parley_dead_letters", "Envelopes on the dead-letter stream", state.dead_letters
+        )
+        yield GaugeMetricFamily(
+            "parley_replay_log_entries", "Envelopes in the replay log", state.replay_log
+        )
+        yield handler_histogram(state.latency)
 
 
 def handler_histogram(fields: dict[str, str]) -> HistogramMetricFamily:

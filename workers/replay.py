@@ -1,4 +1,4 @@
-"""Replaying accepted webhooks and dead letters, and reading the pipeline's state.
+"""Replaying accepted webhooks and dead letters.
 
 The replay log (``parley:log``) and the dead-letter stream (``parley:dead``) are Redis
 streams whose ids are their acceptance times, so a time window is an id range.
@@ -22,9 +22,8 @@ from typing import Any
 import orjson
 import redis
 
-from workers.messages import celery_message, waiting_since
+from workers.messages import celery_message
 from workers.partition import partition_for, queue_name
-from workers.pipeline import DEAD_LETTERS, REPLAY_LOG, inflight_key
 from workers.settings import Settings, parse_duration
 from workers.webhook import Envelope
 
@@ -149,43 +148,3 @@ def enqueue(
             if ahead > 0:
                 time.sleep(ahead)
     return batch
-
-
-def status(client: redis.Redis, settings: Settings) -> dict[str, Any]:
-    """Per partition: depth, lease holder and in-flight envelope's node; live nodes."""
-    from workers.leases import holders, live_nodes
-
-    pipe = client.pipeline(transaction=False)
-    for k in range(settings.partitions):
-        pipe.llen(queue_name(k))
-        pipe.hget(inflight_key(k), "node")
-        pipe.lindex(queue_name(k), -1)  # the oldest waiting message (BRPOP's end)
-    pipe.xlen(REPLAY_LOG)
-    pipe.xlen(DEAD_LETTERS)
-    results = pipe.execute()
-    owners = holders(client, settings.partitions)
-    now = time.time()
-    partitions = []
-    for k in range(settings.partitions):
-        depth, running, oldest = results[3 * k : 3 * k + 3]
-        since = waiting_since(oldest)
-        partitions.append(
-            {
-                "partition": k,
-                "depth": depth,
-                "owner": owners[k],
-                "in_flight": (running or b"").decode() or None,
-                "lag": max(0.0, now - since) if since is not None else None,
-            }
-        )
-    now = client.time()
-    now_s = now[0] + now[1] / 1e6
-    nodes = {
-        node: expires - now_s for node, expires in live_nodes(client).items() if expires > now_s
-    }
-    return {
-        "partitions": partitions,
-        "nodes": nodes,
-        "replay_log": results[-2],
-        "dead_letters": results[-1],
-    }

@@ -1,0 +1,77 @@
+"""The pipeline's state as operators see it, read in one round trip: what
+``parley status`` prints and what the ingress's ``/metrics`` exports."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import redis
+
+from workers.leases import NODES, lease_key
+from workers.messages import waiting_since
+from workers.partition import queue_name
+from workers.pipeline import DEAD_LETTERS, LATENCY, REPLAY_LOG, inflight_key
+
+
+@dataclass
+class PartitionState:
+    partition: int
+    depth: int
+    owner: str | None  # the lease holder
+    in_flight: str | None  # the node running one of its envelopes
+    lag: float | None  # seconds the oldest waiting webhook has waited
+
+
+@dataclass
+class PipelineState:
+    partitions: list[PartitionState]
+    nodes: dict[str, float]  # live node -> seconds until its heartbeat runs out
+    replay_log: int
+    dead_letters: int
+    latency: dict[str, str]  # the handler-latency hash (see finish.lua)
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode() if value is not None else None
+
+
+def read_state(client: redis.Redis, partitions: int) -> PipelineState:
+    pipe = client.pipeline(transaction=False)
+    for k in range(partitions):
+        pipe.llen(queue_name(k))
+        pipe.get(lease_key(k))
+        pipe.hget(inflight_key(k), "node")
+        pipe.lindex(queue_name(k), -1)  # the oldest waiting message (BRPOP's end)
+    pipe.zrange(NODES, 0, -1, withscores=True)
+    pipe.xlen(REPLAY_LOG)
+    pipe.xlen(DEAD_LETTERS)
+    pipe.hgetall(LATENCY)
+    pipe.time()
+    *per_partition, nodes, logged, dead, latency, (seconds, micros) = pipe.execute()
+    redis_now = seconds + micros / 1e6  # heartbeats are scored on Redis's clock
+    now = time.time()  # received_at is the ingress's
+    rows = []
+    for k in range(partitions):
+        depth, owner, running, oldest = per_partition[4 * k : 4 * k + 4]
+        since = waiting_since(oldest)
+        rows.append(
+            PartitionState(
+                k,
+                depth,
+                _text(owner),
+                _text(running),
+                max(0.0, now - since) if since is not None else None,
+            )
+        )
+    return PipelineState(
+        rows,
+        {
+            node.decode(): expires / 1000 - redis_now
+            for node, expires in nodes
+            if expires / 1000 > redis_now
+        },
+        logged,
+        dead,
+        {key.decode(): value.decode() for key, value in latency.items()},
+    )
