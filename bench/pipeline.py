@@ -22,7 +22,7 @@ from tests.payloads import envelope
 from tests.redis_server import RedisServer
 from workers.partition import partition_for, queue_name
 from workers.settings import Settings, set_settings
-from workers.tasks import configure_celery, publish, task_repr
+from workers.tasks import WORKER_OPTIONS, configure_celery, publish, task_repr
 
 ROOT = Path(__file__).resolve().parent.parent
 USERS = 200
@@ -84,22 +84,9 @@ def main(webhooks: int) -> None:
         queues = ",".join(queue_name(k) for k in range(settings.partitions))
         floor = run_worker(
             [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "bench.noop",
-                "worker",
-                "--pool",
-                "solo",
-                "--concurrency",
-                "1",
-                "--queues",
-                queues,
-                "--without-mingle",
-                "--without-gossip",
-                "--loglevel",
-                "WARNING",
+                *(sys.executable, "-m", "celery", "-A", "bench.noop", "worker"),
+                *WORKER_OPTIONS,
+                *("--queues", queues, "--loglevel", "WARNING"),
             ],
             env,
             server,

@@ -83,7 +83,7 @@ def worker(app_path: str, partitions: str, node: str | None, loglevel: str) -> N
     from workers.builder import load_app
     from workers.partition import parse_partitions, queue_name
     from workers.settings import set_settings
-    from workers.tasks import Runtime, celery_app, configure_celery, set_runtime
+    from workers.tasks import WORKER_OPTIONS, Runtime, celery_app, configure_celery, set_runtime
 
     logging.basicConfig(level=loglevel.upper(), format=LOG_FORMAT)
     app = load_app(app_path)
@@ -112,18 +112,9 @@ def worker(app_path: str, partitions: str, node: str | None, loglevel: str) -> N
         celery_app.worker_main(
             [
                 "worker",
-                "--pool",
-                "solo",
-                "--concurrency",
-                "1",
-                "--queues",
-                ",".join(queues),
-                "--hostname",
-                f"{name}@%h",
-                "--loglevel",
-                loglevel,
-                "--without-mingle",
-                "--without-gossip",
+                *WORKER_OPTIONS,
+                *("--queues", ",".join(queues)),
+                *("--hostname", f"{name}@%h", "--loglevel", loglevel),
             ]
         )
     finally:

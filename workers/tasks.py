@@ -82,6 +82,10 @@ def configure_celery(settings: Settings, app: Celery = celery_app) -> None:
 
 configure_celery(get_settings())
 
+#: How every Parley worker node runs (and the pipeline benchmark's no-op floor, so the
+#: two compare like with like): one message at a time, in order, per node.
+WORKER_OPTIONS = ("--pool", "solo", "--concurrency", "1", "--without-mingle", "--without-gossip")
+
 
 def task_repr(envelope: Envelope) -> str:
     """What Flower and logs show of a task: ids, never message text."""
