@@ -176,8 +176,7 @@ def test_a_long_handler_keeps_its_lease_and_the_hand_over_waits_for_it(
         moving = next(k for k, node in later.items() if node.startswith("second@"))
         (user,) = users_in(moving, 1)
         pipeline.publish(user, "1 block")
-        table = redis_server.client(2)
-        wait_for(lambda: table.hget(f"{PHONE_ID}:df:control", "started"), what="handler start")
+        pipeline.wait_blocked()
         pipeline.start_worker("tests.apps:recording", "auto", "second")
         pipeline.publish(user, "2")
         # the handler runs for 4 lease lifetimes: the lease is renewed beside it and the
@@ -187,7 +186,7 @@ def test_a_long_handler_keeps_its_lease_and_the_hand_over_waits_for_it(
             assert owners(redis_server)[moving] == f"first@{host()}"
             time.sleep(0.05)
         assert pipeline.seqs(user) == []
-        table.hset(f"{PHONE_ID}:df:control", "release", b"true")
+        pipeline.release_blocked()
         wait_for(lambda: pipeline.seqs(user) == [1, 2], what="both messages")
         assert owners(redis_server)[moving] == f"second@{host()}"
         (first_pid, first_end), (second_pid, second_start) = [
@@ -211,15 +210,14 @@ def test_sigterm_during_a_long_handler_keeps_the_leases_until_it_ends(
         wait_for(lambda: owned_by(redis_server) == mine)
         (user,) = users_in(5, 1)
         pipeline.publish(user, "1 block")
-        table = redis_server.client(2)
-        wait_for(lambda: table.hget(f"{PHONE_ID}:df:control", "started"), what="handler start")
+        pipeline.wait_blocked()
         first.process.terminate()  # warm shutdown: the message in hand is finished first
         pipeline.publish(user, "2")
         until = time.monotonic() + 4 * ttl
         while time.monotonic() < until:  # still renewed while the handler runs
             assert owned_by(redis_server) == mine
             time.sleep(0.05)
-        table.hset(f"{PHONE_ID}:df:control", "release", b"true")
+        pipeline.release_blocked()
         assert first.process.wait(timeout=30) == 0
         assert pipeline.seqs(user) == [1]
         assert owned_by(redis_server) == {None: PARTITIONS}  # released on the way out
@@ -265,10 +263,9 @@ def test_sigkill_mid_handler_the_successor_finishes_it_first_without_the_visibil
         pipeline.publish(user, "1 block")
         pipeline.publish(neighbour, "10")
         pipeline.publish(user, "2")
-        table = redis_server.client(2)
-        wait_for(lambda: table.hget(f"{PHONE_ID}:df:control", "started"), what="handler start")
+        pipeline.wait_blocked()
         doomed.kill()
-        table.hset(f"{PHONE_ID}:df:control", "release", b"true")
+        pipeline.release_blocked()
         heir = pipeline.start_worker("tests.apps:recording", "auto", "heir")
         wait_for(lambda: pipeline.seqs(user) == [1, 2] and pipeline.seqs(neighbour) == [10])
         runs = {(u, seq): (start, end) for u, seq, _, start, end in pipeline.runs()}

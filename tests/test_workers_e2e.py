@@ -25,6 +25,7 @@ from workers.tasks import configure_celery, publish
 
 PARTITIONS = 8
 TOKEN = "test-token"
+CONTROL = f"{PHONE_ID}:df:control"  # the recording app's table document for the tests
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "") -> Any:
@@ -83,6 +84,14 @@ class Pipeline:
     def runs(self) -> list[list[Any]]:
         raw = self.server.client(2).hget(f"{PHONE_ID}:df:runs", "log")
         return orjson.loads(raw) if raw else []
+
+    def wait_blocked(self) -> None:
+        """Until the handler of a ``"<seq> block"`` message (tests/apps.py) has started."""
+        control = self.server.client(2)
+        wait_for(lambda: control.hget(CONTROL, "started"), what="the blocking handler's start")
+
+    def release_blocked(self) -> None:
+        self.server.client(2).hset(CONTROL, "release", b"true")
 
     def close(self) -> None:
         for worker in self.workers:
@@ -191,10 +200,9 @@ def test_sigkill_mid_handler_redelivers_without_overtaking(
         deployment.publish(user, "1 block")
         deployment.publish(neighbour, "10")
         deployment.publish(user, "2")
-        table = redis_server.client(2)
-        wait_for(lambda: table.hget(f"{PHONE_ID}:df:control", "started"), what="handler start")
+        deployment.wait_blocked()
         first.kill()
-        table.hset(f"{PHONE_ID}:df:control", "release", b"true")
+        deployment.release_blocked()
         deployment.start_worker("tests.apps:recording", "0-7", "successor")
         wait_for(lambda: deployment.seqs(user) == [1, 2] and deployment.seqs(neighbour) == [10])
         runs = {(u, seq): (start, end) for u, seq, _, start, end in deployment.runs()}
