@@ -9,6 +9,7 @@ import pytest
 from cache import CacheFactory, create_cache_factory
 from cache.memory import MemoryCacheFactory
 from cache.redis import close_pools
+from tests.fake_graph import FakeGraphAPI
 from tests.redis_server import RedisServer
 
 BACKENDS = ["memory", "json", "redis"]
@@ -19,6 +20,13 @@ def redis_server() -> Iterator[RedisServer]:
     server = RedisServer().start()
     yield server
     server.close()
+
+
+@pytest.fixture
+def graph() -> Iterator[FakeGraphAPI]:
+    """Meta's Graph API, faked as a real HTTP server the workers reply to."""
+    with FakeGraphAPI(token="test-token") as fake:
+        yield fake
 
 
 @pytest.fixture

@@ -24,12 +24,6 @@ SECRET_TEXT = "deliver to 221B Baker Street"
 
 
 @pytest.fixture
-def graph() -> Iterator[FakeGraphAPI]:
-    with FakeGraphAPI(token="test-token") as fake:
-        yield fake
-
-
-@pytest.fixture
 def flower(redis_url: str, redis_server: RedisServer, tmp_path: Path) -> Iterator[str]:
     port = free_port()
     log = (tmp_path / "flower.log").open("wb")

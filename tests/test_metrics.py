@@ -7,7 +7,6 @@ from pathlib import Path
 
 import httpx
 import orjson
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ingress.app import create_app
@@ -40,12 +39,6 @@ def depths(metrics: dict) -> dict[int, float]:
         for (name, labels), v in metrics.items()
         if name == "parley_partition_depth" and v
     }
-
-
-@pytest.fixture
-def graph() -> FakeGraphAPI:
-    with FakeGraphAPI(token="test-token") as fake:
-        yield fake
 
 
 def test_metrics_count_deliveries_depths_owners_and_handler_runs(

@@ -5,35 +5,25 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 import redis
 
 from tests.fake_graph import FakeGraphAPI
 from tests.payloads import PHONE_ID
 from tests.redis_server import RedisServer
+from tests.test_replay import cli
 from tests.test_workers_e2e import Pipeline, wait_for
 from workers.leases import CHANGED, NODES, Leases, assignment, holders, lease_key
 from workers.partition import partition_for, queue_name
 
 PARTITIONS = 12
-
-
-@pytest.fixture
-def graph() -> Iterator[FakeGraphAPI]:
-    with FakeGraphAPI(token="test-token") as fake:
-        yield fake
 
 
 def deployment(
@@ -125,7 +115,7 @@ def test_nodes_joining_share_the_partitions(
             return None not in counts and len(counts) == 3 and max(counts.values()) <= limit
 
         wait_for(balanced, timeout=30, what="three nodes sharing the partitions")
-        table = cli(redis_server, "status")
+        table = cli(redis_server, "status", partitions=PARTITIONS)
         for name in ("one", "two", "three"):
             assert f"{name}@{host()}" in table
         # and the work goes where the leases are: one message per partition
@@ -159,7 +149,7 @@ def test_sigterm_hands_over_at_once_not_at_lease_expiry(
             what="the partitions of the SIGTERMed node",
         )
         assert leaving.process.wait(timeout=30) == 0
-        assert f"leaves@{host()}" not in cli(redis_server, "status")
+        assert f"leaves@{host()}" not in cli(redis_server, "status", partitions=PARTITIONS)
     finally:
         pipeline.close()
 
@@ -429,19 +419,3 @@ def test_the_overlap_check_catches_a_naive_deployment(
 
 def host() -> str:
     return socket.gethostname()
-
-
-def cli(server: RedisServer, *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "workers", *args],
-        env={
-            **os.environ,
-            "PARLEY_REDIS_URL": server.url,
-            "PARLEY_PARTITIONS": str(PARTITIONS),
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout

@@ -29,14 +29,15 @@ from workers.replay import stream_bound
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def cli(server: RedisServer, *args: str) -> str:
+def cli(server: RedisServer, *args: str, partitions: int = PARTITIONS) -> str:
+    """``parley ARGS`` against the tests' server; its stdout."""
     result = subprocess.run(
         [sys.executable, "-m", "workers", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "PARLEY_REDIS_URL": server.url, "PARLEY_PARTITIONS": str(PARTITIONS)},
+        env={**os.environ, "PARLEY_REDIS_URL": server.url, "PARLEY_PARTITIONS": str(partitions)},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout

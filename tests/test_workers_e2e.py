@@ -7,7 +7,7 @@ import base64
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,12 +96,6 @@ class Pipeline:
     def close(self) -> None:
         for worker in self.workers:
             worker.stop()
-
-
-@pytest.fixture
-def graph() -> Iterator[FakeGraphAPI]:
-    with FakeGraphAPI(token=TOKEN) as fake:
-        yield fake
 
 
 @pytest.fixture
