@@ -26,6 +26,8 @@ REPLAY_LOG = "parley:log"
 #: Handler run times of finished envelopes, all nodes: a count per bucket, sum, count
 LATENCY = "parley:latency"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: What ``begin`` answers (begin.lua's return values)
+STARTED, ALREADY_DONE, NOT_LEASE_HOLDER = 1, 0, -1
 SCRIPTS = resources.files("workers") / "scripts"
 BEGIN = (SCRIPTS / "begin.lua").read_text()
 FINISH = (SCRIPTS / "finish.lua").read_text()
@@ -60,8 +62,8 @@ class PipelineStore:
     async def begin(
         self, envelope: Envelope, partition: int, node: str, fenced: bool = False
     ) -> int:
-        """1 started, 0 already done (a redelivery), -1 ``fenced`` and this node does
-        not hold the partition's lease."""
+        """STARTED, ALREADY_DONE (a redelivery), or NOT_LEASE_HOLDER when ``fenced``
+        and this node does not hold the partition's lease right now."""
         return int(
             await evalsha(
                 self.client,
@@ -138,9 +140,9 @@ class MemoryPipelineStore:
         self, envelope: Envelope, partition: int, node: str, fenced: bool = False
     ) -> int:
         if done_key(envelope) in self.done:
-            return 0
+            return ALREADY_DONE
         self.running[partition] = InFlight(envelope, node, time.time())
-        return 1
+        return STARTED
 
     async def finish(self, envelope: Envelope, partition: int, seconds: float) -> None:
         self.done.add(done_key(envelope))

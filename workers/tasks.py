@@ -27,7 +27,12 @@ from cache.redis import close_pools
 from workers.builder import ParleyApp, load_app
 from workers.messenger import MessengerTransientError, WhatsAppMessenger
 from workers.partition import partition_for, queue_name
-from workers.pipeline import MemoryPipelineStore, PipelineStore
+from workers.pipeline import (
+    ALREADY_DONE,
+    NOT_LEASE_HOLDER,
+    MemoryPipelineStore,
+    PipelineStore,
+)
 from workers.settings import Settings, get_settings
 from workers.webhook import Envelope, Webhook, mask_user_id
 
@@ -221,20 +226,21 @@ class Runtime:
             envelope,
             lambda: self.pipeline.begin(envelope, partition, self.node, self.fenced),
         )
-        if started == 0:
+        if started == ALREADY_DONE:
             log.info("skipped %s: already done", task_repr(envelope))
             return "duplicate"
-        if started < 0:
-            await self._retry_in_place("put back", envelope, lambda: self._put_back(envelope))
+        if started == NOT_LEASE_HOLDER:
+            await self._retry_in_place(
+                "put back", envelope, lambda: self._put_back(envelope, partition)
+            )
             return "not owner"
         return await self._run_to_end(envelope, partition)
 
-    async def _put_back(self, envelope: Envelope) -> None:
+    async def _put_back(self, envelope: Envelope, partition: int) -> None:
         """The lease moved while this node still consumed the partition: put the
         message back in front for the owner and make this node stop consuming."""
         from workers.messages import celery_message
 
-        partition = partition_for(envelope.tenant_id, envelope.user_id, self.settings.partitions)
         queue = queue_name(partition)
         if self._broker is None:
             self._broker = Redis.from_url(self.settings.broker)
