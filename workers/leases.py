@@ -78,11 +78,10 @@ class Leases:
         self.client = client
         self.node = node
         self.ttl_ms = max(1, int(ttl * 1000))
-        load = lambda name: client.register_script((SCRIPTS / name).read_text())  # noqa: E731
-        self._heartbeat = load("heartbeat.lua")
-        self._acquire = load("lease_acquire.lua")
-        self._renew = load("lease_renew.lua")
-        self._release = load("lease_release.lua")
+        self._heartbeat, self._acquire, self._renew, self._release = (
+            client.register_script((SCRIPTS / f"{name}.lua").read_text())
+            for name in ("heartbeat", "lease_acquire", "lease_renew", "lease_release")
+        )
 
     def heartbeat(self) -> list[str]:
         """Register this node as live for one more ttl; returns every live node."""
