@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from cache.caches import StateCache, TableCache, UserCache
-from cache.errors import (
+from parley.cache.caches import StateCache, TableCache, UserCache
+from parley.cache.errors import (
     CacheArgumentError,
     CacheArgumentTypeError,
     CacheError,
@@ -11,10 +11,10 @@ from cache.errors import (
     CacheUnavailableError,
     CacheValidationError,
 )
-from cache.factory import CacheFactory
-from cache.interface import ICache
-from cache.keys import KeyFactory
-from cache.settings import CacheSettings
+from parley.cache.factory import CacheFactory
+from parley.cache.interface import ICache
+from parley.cache.keys import KeyFactory
+from parley.cache.settings import CacheSettings
 
 __all__ = [
     "CacheArgumentError",
@@ -42,11 +42,11 @@ def create_cache_factory(
     """The factory class of a backend, e.g. ``create_cache_factory("redis")``; with settings
     or overrides (``redis_url=...``), a subclass bound to them."""
     if backend == "memory":
-        from cache.memory import MemoryCacheFactory as factory
+        from parley.cache.memory import MemoryCacheFactory as factory
     elif backend == "json":
-        from cache.json_files import JSONCacheFactory as factory
+        from parley.cache.json_files import JSONCacheFactory as factory
     elif backend == "redis":
-        from cache.redis import RedisCacheFactory as factory
+        from parley.cache.redis import RedisCacheFactory as factory
     else:
         raise CacheArgumentError(f"unknown cache backend {backend!r}; choose one of {BACKENDS}")
     if settings is None and not overrides:

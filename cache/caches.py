@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from pydantic import BaseModel
-
-from cache.codec import (
+from parley.cache.codec import (
     check_field,
     check_increment,
     check_model,
@@ -22,10 +20,11 @@ from cache.codec import (
     encode_value,
     to_model,
 )
-from cache.errors import CacheArgumentTypeError
-from cache.interface import ICache
-from cache.keys import KeyFactory
-from cache.store import Store
+from parley.cache.errors import CacheArgumentTypeError
+from parley.cache.interface import ICache
+from parley.cache.keys import KeyFactory
+from parley.cache.store import Store
+from pydantic import BaseModel
 
 M = TypeVar("M", bound=BaseModel)
 _UNSET: Any = object()

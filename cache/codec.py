@@ -14,14 +14,13 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import orjson
-from pydantic import BaseModel, ValidationError
-
-from cache.errors import (
+from parley.cache.errors import (
     CacheArgumentError,
     CacheArgumentTypeError,
     CacheTypeError,
     CacheValidationError,
 )
+from pydantic import BaseModel, ValidationError
 
 Fields = dict[str, bytes]
 M = TypeVar("M", bound=BaseModel)

@@ -9,11 +9,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Self
 
-from cache.caches import StateCache, TableCache, UserCache
-from cache.errors import CacheArgumentError
-from cache.keys import KeyFactory, escape_id
-from cache.settings import CacheKind, CacheSettings
-from cache.store import Store
+from parley.cache.caches import StateCache, TableCache, UserCache
+from parley.cache.errors import CacheArgumentError
+from parley.cache.keys import KeyFactory, escape_id
+from parley.cache.settings import CacheKind, CacheSettings
+from parley.cache.store import Store
 
 _env_settings: CacheSettings | None = None
 

@@ -23,11 +23,10 @@ from typing import ClassVar
 
 import orjson
 from filelock import FileLock, Timeout
-
-from cache.errors import CacheUnavailableError
-from cache.factory import CacheFactory
-from cache.settings import CacheKind
-from cache.store import LocalStore, StoredDocument
+from parley.cache.errors import CacheUnavailableError
+from parley.cache.factory import CacheFactory
+from parley.cache.settings import CacheKind
+from parley.cache.store import LocalStore, StoredDocument
 
 FOLDERS: dict[CacheKind, str] = {"state": "states", "user": "users", "table": "tables"}
 LOCK_STRIPES = 256

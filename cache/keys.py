@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from cache.errors import CacheArgumentError, CacheArgumentTypeError
+from parley.cache.errors import CacheArgumentError, CacheArgumentTypeError
 
 _SAFE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.+@=-")
 _ALL_SAFE = re.compile(r"[A-Za-z0-9_.+@=\-]+\Z")

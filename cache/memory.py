@@ -13,9 +13,9 @@ import time
 from contextlib import AbstractContextManager
 from typing import ClassVar
 
-from cache.factory import CacheFactory
-from cache.settings import CacheKind
-from cache.store import LocalStore, StoredDocument
+from parley.cache.factory import CacheFactory
+from parley.cache.settings import CacheKind
+from parley.cache.store import LocalStore, StoredDocument
 
 SWEEP_INTERVAL = 1.0
 

@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from cache.codec import Fields, appended, incremented, ttl_seconds
+from parley.cache.codec import Fields, appended, incremented, ttl_seconds
 
 T = TypeVar("T")
 

@@ -1,41 +1,39 @@
 """Turning envelopes into Celery messages and accepting them in one Redis round trip.
 
 The ingress does not call ``apply_async`` per envelope (a publish costs ~1.5 ms):
-it builds the very message Celery's Redis transport would (headers and properties
-from Celery's own ``as_task_v2``) and a Lua script dedups, appends to the replay log
-and LPUSHes onto the partition queue — where workers consume it as an ordinary task.
-That needs the broker and the pipeline in the same Redis DB (the default); otherwise
-the ingress logs and dedups with a script, then publishes through Celery, and undoes
-the marks if publishing fails.
+it builds the very message Celery's Redis transport would (``parley.wire.messages``)
+and a Lua script dedups, appends to the replay log and LPUSHes onto the partition
+queue — where workers consume it as an ordinary task. That needs the broker and the
+pipeline in the same Redis DB (the default); otherwise the ingress logs and dedups
+with a script, then publishes through Celery (the ``publish`` it is given), and
+undoes the marks if publishing fails.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from importlib import resources
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import orjson
+from parley.cache.lua import evalsha, lua
+from parley.wire.envelope import Envelope
+from parley.wire.keys import REPLAY_LOG, queue_name, seen_key
+from parley.wire.messages import celery_message
+from parley.wire.partition import partition_for
+from parley.workers.settings import Settings
 from redis.asyncio import Redis
 
-from cache.keys import escape_id
-from cache.redis import evalsha
-from workers.messages import celery_message
-from workers.partition import partition_for, queue_name
-from workers.pipeline import REPLAY_LOG
-from workers.settings import Settings
-from workers.tasks import publish
-from workers.webhook import Envelope
-
-ACCEPT = (resources.files("ingress") / "scripts" / "accept.lua").read_text()
+#: Sends one envelope to its partition queue through Celery (``parley.workers.celery``)
+Publish = Callable[[Envelope], object]
 
 
-def seen_key(envelope: Envelope) -> str:
-    return (
-        f"parley:seen:{escape_id(envelope.tenant_id, 'tenant_id')}:"
-        f"{escape_id(envelope.event_id, 'event_id')}"
-    )
+class Accept(Protocol):
+    """What the ingress needs: per envelope its replay-log id, or None for a duplicate.
+    Raises on backend failure, having marked nothing as seen."""
+
+    async def accept(self, envelopes: list[Envelope]) -> list[str | None]: ...
 
 
 class Acceptor:
@@ -49,11 +47,14 @@ class Acceptor:
 
     BATCH = 64
 
-    def __init__(self, client: Redis, settings: Settings) -> None:
+    def __init__(self, client: Redis, settings: Settings, publish: Publish | None = None) -> None:
         self.client = client
         self.settings = settings
         self.one_round_trip = settings.broker == settings.pipeline
-        self._accept = client.register_script(ACCEPT)
+        if not self.one_round_trip and publish is None:
+            raise ValueError("a broker other than the pipeline DB needs a Celery publisher")
+        self.publish = publish
+        self._accept = client.register_script(lua("parley.ingress", "accept"))
         self._pending: list[tuple[list[str], list[Any], asyncio.Future[list[str | None]]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -127,8 +128,8 @@ class Acceptor:
         ]
         try:
             for envelope, log_id in zip(envelopes, ids, strict=True):
-                if log_id:
-                    publish(envelope, self.settings)
+                if log_id and self.publish is not None:
+                    self.publish(envelope)
         except Exception:
             async with self.client.pipeline(transaction=True) as pipe:
                 for envelope, log_id in zip(envelopes, ids, strict=True):
@@ -144,8 +145,8 @@ class MemoryAcceptor:
     """Dedup and replay log in this process's memory, publishing through Celery: the
     ingress of ``parley demo`` when it runs with no Redis (and an in-memory broker)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, publish: Publish) -> None:
+        self.publish = publish
         self.seen: set[str] = set()
         self.log: list[Envelope] = []
 
@@ -156,7 +157,7 @@ class MemoryAcceptor:
             if key in self.seen:
                 ids.append(None)
                 continue
-            publish(envelope, self.settings)
+            self.publish(envelope)
             self.seen.add(key)
             self.log.append(envelope)
             ids.append(f"{len(self.log)}-0")

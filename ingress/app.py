@@ -12,27 +12,25 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
 from fastapi import FastAPI
+from parley.ingress.accept import Accept, Acceptor, Publish
+from parley.ingress.metrics import IngressMetrics
+from parley.workers.settings import Settings
+from parley.workers.webhook import InvalidWebhook, split_delivery
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from ingress.accept import Acceptor, MemoryAcceptor
-from workers.metrics import IngressMetrics
-from workers.settings import Settings, get_settings
-from workers.webhook import InvalidWebhook, split_delivery
-
 log = logging.getLogger("parley.ingress")
-INSECURE_ENV = "PARLEY_INSECURE_SKIP_SIGNATURE"
 
 
 def _answer(status: int, **body: Any) -> Response:
@@ -45,13 +43,16 @@ def signature_ok(secret: bytes, body: bytes, header: str | None) -> bool:
 
 
 def create_app(
-    settings: Settings | None = None,
+    settings: Settings,
     *,
     skip_signature: bool = False,
-    acceptor: MemoryAcceptor | None = None,
+    acceptor: Accept | None = None,
+    publish: Publish | None = None,
+    collectors: Iterable[Collector] = (),
 ) -> FastAPI:
-    """The ingress; ``acceptor`` replaces Redis (``parley demo`` with no service)."""
-    settings = settings or get_settings()
+    """The ingress. ``acceptor`` replaces Redis (``parley demo`` with no service);
+    ``publish`` sends through Celery when the broker is not the pipeline DB;
+    ``collectors`` add to ``/metrics`` (the pipeline's state, ``parley.metrics``)."""
     secret = settings.whatsapp_app_secret.encode()
     if not secret and not skip_signature:
         raise RuntimeError(
@@ -61,7 +62,7 @@ def create_app(
     if skip_signature:
         log.warning("!!! WEBHOOK SIGNATURES ARE NOT CHECKED: anyone can post to this ingress !!!")
 
-    metrics = IngressMetrics(settings)
+    metrics = IngressMetrics(collectors)
 
     def refuse(status: int, reason: str, error: str) -> Response:
         metrics.refused(reason)
@@ -75,10 +76,9 @@ def create_app(
             return
         client = Redis.from_url(settings.pipeline, socket_timeout=5, socket_connect_timeout=2)
         app.state.redis = client
-        app.state.acceptor = Acceptor(client, settings)
+        app.state.acceptor = Acceptor(client, settings, publish)
         yield
         await client.aclose()
-        metrics.client.close()
 
     async def verify(request: Request) -> Response:
         params = request.query_params
@@ -169,10 +169,3 @@ def create_app(
         return JSONResponse({"status": "ready"})
 
     return app
-
-
-def __getattr__(name: str) -> FastAPI:
-    """``ingress.app:app`` for uvicorn, built on first access from the environment."""
-    if name == "app":
-        return create_app(skip_signature=os.environ.get(INSECURE_ENV) == "1")
-    raise AttributeError(name)

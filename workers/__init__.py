@@ -1,23 +1,8 @@
-"""Parley's workers: the Celery app, handlers, the messenger and the builder.
+"""Parley's workers: the runtime that runs handlers (``runtime``), the pipeline's
+bookkeeping (``pipeline``), partition ownership (``leases``, ``ownership``, with every
+kombu/Celery internal in ``private_api``), the WhatsApp model (``webhook``) and
+messenger, ``WappaEventHandler`` and ``WappaBuilder``.
 
-``celery -A workers ...`` finds the Celery app here as ``workers.celery``.
+``celery -A parley.workers …`` finds the Celery app in ``parley.workers.celery``.
+Importing this package loads nothing else.
 """
-
-from __future__ import annotations
-
-from workers.builder import ParleyApp, WappaBuilder
-from workers.handler import WappaEventHandler
-from workers.tasks import celery_app as celery
-from workers.tasks import publish
-from workers.webhook import Envelope, Webhook, split_delivery
-
-__all__ = [
-    "Envelope",
-    "ParleyApp",
-    "WappaBuilder",
-    "WappaEventHandler",
-    "Webhook",
-    "celery",
-    "publish",
-    "split_delivery",
-]

@@ -11,9 +11,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Self
 
-from cache import CacheFactory, create_cache_factory
-from workers.handler import WappaEventHandler
-from workers.settings import Settings
+from parley.cache import CacheFactory, create_cache_factory
+from parley.workers.handler import WappaEventHandler
+from parley.workers.settings import Settings
 
 
 @dataclass
@@ -89,7 +89,7 @@ class WappaBuilder:
 
 
 def load_app(path: str) -> ParleyApp:
-    """``"examples.pizza:app"`` → the ``ParleyApp`` there (or built by a callable there)."""
+    """``"parley.examples.pizza:app"`` → the ``ParleyApp`` there (or built by a callable there)."""
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
         raise ValueError(f"--app takes MODULE:ATTR, got {path!r}")

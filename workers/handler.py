@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from cache import ICache
+from parley.cache import ICache
 
 if TYPE_CHECKING:
-    from workers.messenger import WhatsAppMessenger
-    from workers.webhook import Webhook
+    from parley.workers.messenger import WhatsAppMessenger
+    from parley.workers.webhook import Webhook
 
 
 class WappaEventHandler:

@@ -18,19 +18,10 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Iterable
-from importlib import resources
 
 import redis
-
-NODES = "parley:nodes"
-#: Published on after a node joins, leaves or releases leases: nodes re-balance at
-#: once instead of at their next heartbeat.
-CHANGED = "parley:ownership"
-SCRIPTS = resources.files("workers") / "scripts"
-
-
-def lease_key(partition: int) -> str:
-    return f"parley:lease:{partition}"
+from parley.cache.lua import lua
+from parley.wire.keys import NODES, OWNERSHIP_CHANNEL, lease_key
 
 
 def weight(node: str, partition: int) -> int:
@@ -79,7 +70,7 @@ class Leases:
         self.node = node
         self.ttl_ms = max(1, int(ttl * 1000))
         self._heartbeat, self._acquire, self._renew, self._release = (
-            client.register_script((SCRIPTS / f"{name}.lua").read_text())
+            client.register_script(lua("parley.workers", name))
             for name in ("heartbeat", "lease_acquire", "lease_renew", "lease_release")
         )
 
@@ -89,7 +80,7 @@ class Leases:
 
     def leave(self) -> None:
         self.client.zrem(NODES, self.node)
-        self.client.publish(CHANGED, f"left {self.node}")
+        self.client.publish(OWNERSHIP_CHANNEL, f"left {self.node}")
 
     def acquire(self, partition: int) -> bool:
         return bool(self._acquire(keys=[lease_key(partition)], args=[self.node, self.ttl_ms]))
@@ -107,11 +98,11 @@ class Leases:
         if not chosen:
             return 0
         released = self._release(keys=[lease_key(k) for k in chosen], args=[self.node])
-        self.client.publish(CHANGED, f"released {self.node}")
+        self.client.publish(OWNERSHIP_CHANNEL, f"released {self.node}")
         return int(released)
 
     def announce(self) -> None:
-        self.client.publish(CHANGED, f"joined {self.node}")
+        self.client.publish(OWNERSHIP_CHANNEL, f"joined {self.node}")
 
 
 def live_nodes(client: redis.Redis) -> dict[str, float]:

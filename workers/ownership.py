@@ -19,19 +19,17 @@ node's leases simply expire (``PARLEY_LEASE_TTL``).
 from __future__ import annotations
 
 import enum
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable
-from importlib import resources
 from typing import Any
 
 import redis
 from celery import Celery, bootsteps, signals
-
-from workers.leases import CHANGED, NODES, Leases, assignment
-from workers.partition import queue_name
+from parley.wire.keys import NODES, OWNERSHIP_CHANNEL, queue_name
+from parley.workers import private_api
+from parley.workers.leases import Leases, assignment
 
 log = logging.getLogger("parley.ownership")
 
@@ -101,7 +99,7 @@ class Coordinator:
         if self._thread is not None:
             return
         pubsub = self.notifications.pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe(**{CHANGED: lambda _message: self.wake.set()})
+        pubsub.subscribe(**{OWNERSHIP_CHANNEL: lambda _message: self.wake.set()})
         self._listener = pubsub.run_in_thread(
             sleep_time=self.interval, daemon=True, exception_handler=self._listener_failed
         )
@@ -183,7 +181,11 @@ class Coordinator:
         with self.lock:
             self.phases[partition] = Phase.TAKING
         try:
-            restored = restore_unacked(self.broker, queue_name(partition)) if self.broker else 0
+            restored = (
+                private_api.restore_unacked(self.broker, queue_name(partition))
+                if self.broker
+                else 0
+            )
         except redis.RedisError:
             with self.lock:  # not taken: the next round tries again (the lease is ours)
                 self.phases.pop(partition, None)
@@ -207,7 +209,7 @@ class Coordinator:
         with self.lock:
             if self.phases.get(partition) is not Phase.TAKING:
                 return  # dropped meanwhile
-            self.consumer.add_task_queue(queue_name(partition))
+            private_api.consume(self.consumer, queue_name(partition))
             self.phases[partition] = Phase.HELD
         log.info("partition %d: consuming", partition)
 
@@ -230,17 +232,11 @@ class Coordinator:
 
     def cancel(self, partitions: list[int]) -> None:
         """Stop consuming these queues, leaving no popped message behind."""
-        consumer = self.consumer
-        if consumer is None or consumer.task_consumer is None:
-            return
-        if self.broker is not None:
-            settle_pending_pop(consumer.task_consumer.channel, self.broker)
-        for partition in partitions:
-            consumer.cancel_task_queue(queue_name(partition))
+        private_api.stop_consuming(self.consumer, [queue_name(k) for k in partitions], self.broker)
 
     def schedule(self, function: Any, *args: Any) -> None:
         """Run on the worker's loop thread, between messages."""
-        self.consumer.hub.call_soon(function, *args)
+        private_api.call_soon(self.consumer, function, *args)
 
     def relinquish(self, leave: bool) -> None:
         """On the worker's thread, with its loop stopped: stop consuming every partition
@@ -253,8 +249,7 @@ class Coordinator:
                 self.cancel(partitions)
             except Exception as exc:  # a dead connection: nothing is consumed on it anyway
                 log.warning("cancelling partition consumers failed: %s", exc)
-            for queue in map(queue_name, partitions):
-                self.consumer.app.amqp.queues.deselect(queue)
+            private_api.forget_queues(self.consumer, [queue_name(k) for k in partitions])
         try:
             self.leases.release(partitions)
             if leave:
@@ -265,97 +260,33 @@ class Coordinator:
             log.info("released partitions %s", ",".join(map(str, partitions)))
 
 
-def settle_pending_pop(channel: Any, broker: redis.Redis) -> None:
-    """If the task channel has a BRPOP in flight, read its answer now and push what it
-    popped back to the front of its queue.
-
-    kombu cancels a consumer without waiting for the pop already sent; a message that
-    pop takes for the cancelled queue would be requeued at the BACK — behind newer
-    messages — or, on shutdown, restored after the next owner started. Either breaks
-    the partition's order, so the answer is read here (private kombu state:
-    ``_in_poll`` is the connection with a pending BRPOP).
-    """
-    connection = getattr(channel, "_in_poll", None)
-    if not connection:
-        return
-    try:
-        reply = channel.client.parse_response(connection, "BRPOP")
-    finally:
-        channel._in_poll = None
-    if reply:
-        key, raw = reply
-        broker.rpush(key, raw)  # BRPOP takes from the right: this is the front again
-
-
-RESTORE_UNACKED = (resources.files("workers") / "scripts" / "restore_unacked.lua").read_text()
-
-
-def restore_unacked(
-    broker: redis.Redis,
-    queue: str,
-    unacked: str = "unacked",
-    index: str = "unacked_index",
-) -> int:
-    """Put a dead predecessor's unacked message(s) for ``queue`` back at its front.
-
-    Only the lease holder consumes a queue, so at takeover anything still unacked for
-    it was taken by a node that is gone; kombu would restore it only after the
-    visibility timeout, behind everything newer.
-    """
-    tags = broker.zrange(index, 0, -1)  # oldest first
-    if not tags:
-        return 0
-    ours = [
-        (tag, raw)
-        for tag, raw in zip(tags, broker.hmget(unacked, tags), strict=True)
-        if raw is not None and json.loads(raw)[2] == queue
-    ]
-    script = broker.register_script(RESTORE_UNACKED)
-    restored = 0
-    for tag, raw in reversed(ours):  # newest first: the oldest ends up in front
-        payload = json.loads(raw)[0]
-        payload["headers"]["redelivered"] = True
-        payload["properties"].setdefault("delivery_info", {})["redelivered"] = True
-        restored += script(keys=[unacked, index, queue], args=[tag, json.dumps(payload)])
-    return restored
-
-
-_coordinator: Coordinator | None = None
-
-
-class OwnershipStep(bootsteps.StartStopStep):
-    """Runs the coordinator inside the Celery consumer: it needs the consumer's task
-    queues and its event loop."""
-
-    requires = ("celery.worker.consumer.tasks:Tasks",)
-
-    def start(self, c: Any) -> None:
-        assert _coordinator is not None
-        if c.hub is None:
-            raise RuntimeError("--partitions auto needs the worker's event loop (Redis broker)")
-        _coordinator.consumer = c
-        _coordinator.start()
-
-    def stop(self, c: Any) -> None:
-        # a consumer restart (broker connection lost): start over with no partitions
-        if _coordinator is not None and not _coordinator.draining.is_set():
-            _coordinator.relinquish(leave=False)
-
-    def shutdown(self, c: Any) -> None:
-        if _coordinator is not None:
-            _coordinator.draining.set()
-            _coordinator.stop()
-            _coordinator.relinquish(leave=True)
-
-
 def install(app: Celery, coordinator: Coordinator) -> None:
-    global _coordinator
-    _coordinator = coordinator
+    """Run the coordinator inside this Celery app's worker consumer: it needs the
+    consumer's task queues and its event loop."""
+
+    class OwnershipStep(bootsteps.StartStopStep):
+        name = "parley.ownership"
+        requires = ("celery.worker.consumer.tasks:Tasks",)
+
+        def start(self, c: Any) -> None:
+            if not private_api.has_event_loop(c):
+                raise RuntimeError("--partitions auto needs the worker's event loop")
+            coordinator.consumer = c
+            coordinator.start()
+
+        def stop(self, c: Any) -> None:
+            # a consumer restart (broker connection lost): start over with no partitions
+            if not coordinator.draining.is_set():
+                coordinator.relinquish(leave=False)
+
+        def shutdown(self, c: Any) -> None:
+            coordinator.draining.set()
+            coordinator.stop()
+            coordinator.relinquish(leave=True)
+
+    def shutting_down(**_: Any) -> None:
+        # SIGTERM: take nothing new from here on; the consumer's shutdown hands over
+        coordinator.draining.set()
+
     app.steps["consumer"].add(OwnershipStep)
-    # SIGTERM: take nothing new from here on; the consumer's shutdown hands over
-    signals.worker_shutting_down.connect(_shutting_down, weak=False)
-
-
-def _shutting_down(**_: Any) -> None:
-    if _coordinator is not None:
-        _coordinator.draining.set()
+    signals.worker_shutting_down.connect(shutting_down, weak=False)

@@ -11,38 +11,18 @@ from __future__ import annotations
 import time
 import traceback
 from dataclasses import dataclass
-from importlib import resources
+from typing import Protocol
 
 import orjson
+from parley.cache.lua import evalsha, lua
+from parley.wire.envelope import Envelope
+from parley.wire.keys import DEAD_LETTERS, LATENCY, done_key, inflight_key, lease_key
 from redis.asyncio import Redis
 
-from cache.keys import escape_id
-from cache.redis import evalsha
-from workers.leases import lease_key
-from workers.webhook import Envelope
-
-DEAD_LETTERS = "parley:dead"
-REPLAY_LOG = "parley:log"
-#: Handler run times of finished envelopes, all nodes: a count per bucket, sum, count
-LATENCY = "parley:latency"
+#: Upper bounds of the handler-latency histogram's buckets, in seconds
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 #: What ``begin`` answers (begin.lua's return values)
 STARTED, ALREADY_DONE, NOT_LEASE_HOLDER = 1, 0, -1
-SCRIPTS = resources.files("workers") / "scripts"
-BEGIN = (SCRIPTS / "begin.lua").read_text()
-FINISH = (SCRIPTS / "finish.lua").read_text()
-
-
-def done_key(envelope: Envelope) -> str:
-    """A replay has an id of its own, so the original's marker does not skip it."""
-    event = envelope.replay_id or envelope.event_id
-    return (
-        f"parley:done:{escape_id(envelope.tenant_id, 'tenant_id')}:{escape_id(event, 'event_id')}"
-    )
-
-
-def inflight_key(partition: int) -> str:
-    return f"parley:inflight:{partition}"
 
 
 @dataclass
@@ -52,18 +32,51 @@ class InFlight:
     started_at: float
 
 
-class PipelineStore:
-    def __init__(self, client: Redis, done_ttl: int) -> None:
-        self.client = client
-        self.done_ttl = done_ttl
-        self._begin = client.register_script(BEGIN)
-        self._finish = client.register_script(FINISH)
+class PipelineStore(Protocol):
+    """The per-webhook bookkeeping a worker runtime needs: Redis in a deployment,
+    memory in ``parley demo`` without Redis."""
 
     async def begin(
         self, envelope: Envelope, partition: int, node: str, fenced: bool = False
     ) -> int:
         """STARTED, ALREADY_DONE (a redelivery), or NOT_LEASE_HOLDER when ``fenced``
         and this node does not hold the partition's lease right now."""
+        ...
+
+    async def finish(self, envelope: Envelope, partition: int, seconds: float) -> None:
+        """Mark done, clear in-flight, count the handler's run time."""
+        ...
+
+    async def dead_letter(
+        self,
+        envelope: Envelope,
+        partition: int,
+        error: BaseException,
+        handler: str,
+        attempts: int,
+        first_failure: float,
+    ) -> str:
+        """Record the failure, mark the envelope done; returns the dead letter's id."""
+        ...
+
+    async def in_flight(self, partition: int) -> InFlight | None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class RedisPipelineStore:
+    def __init__(self, client: Redis, done_ttl: int) -> None:
+        self.client = client
+        self.done_ttl = done_ttl
+        self._begin = client.register_script(lua("parley.workers", "begin"))
+        self._finish = client.register_script(lua("parley.workers", "finish"))
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def begin(
+        self, envelope: Envelope, partition: int, node: str, fenced: bool = False
+    ) -> int:
         return int(
             await evalsha(
                 self.client,
@@ -74,7 +87,6 @@ class PipelineStore:
         )
 
     async def finish(self, envelope: Envelope, partition: int, seconds: float) -> None:
-        """Mark done, clear in-flight, count the handler's run time."""
         bucket = next((b for b in LATENCY_BUCKETS if seconds <= b), "+Inf")
         await evalsha(
             self.client,
@@ -163,3 +175,6 @@ class MemoryPipelineStore:
 
     async def in_flight(self, partition: int) -> InFlight | None:
         return self.running.get(partition)
+
+    async def aclose(self) -> None:
+        pass

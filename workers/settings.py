@@ -1,12 +1,15 @@
-"""Worker and pipeline settings: the cache settings plus broker, pipeline and WhatsApp."""
+"""Worker and pipeline settings: the cache settings plus broker, pipeline and WhatsApp.
+
+One ``Settings`` object is built when a process starts (by ``WappaBuilder().build()``
+or the CLI) and handed to what needs it; nothing reads the environment at import.
+"""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
+from parley.cache.settings import CacheSettings, with_db
 from pydantic import AliasChoices, Field, field_validator, model_validator
-
-from cache.settings import CacheSettings, with_db
 
 PIPELINE_DB = 3
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -89,19 +92,3 @@ def parse_duration(text: str) -> timedelta:
     if text[-1:] in UNITS and text[:-1].isdigit():
         return timedelta(seconds=int(text[:-1]) * UNITS[text[-1]])
     raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 30m, 12h, 7d)")
-
-
-_settings: Settings | None = None
-
-
-def get_settings() -> Settings:
-    """The process's settings, read from the environment once."""
-    global _settings
-    if _settings is None:
-        _settings = Settings()
-    return _settings
-
-
-def set_settings(settings: Settings) -> None:
-    global _settings
-    _settings = settings

@@ -11,42 +11,15 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import orjson
+from parley.wire.envelope import Envelope, Kind
 from pydantic import BaseModel, ConfigDict
-
-Kind = Literal["message", "status", "error"]
 
 
 class InvalidWebhook(ValueError):
     """The body is JSON but not a WhatsApp Business Account webhook; the text says why."""
-
-
-class Envelope(BaseModel):
-    """The unit of work on the queue: JSON only."""
-
-    model_config = ConfigDict(frozen=True)
-
-    tenant_id: str
-    user_id: str
-    kind: Kind
-    event_id: str
-    received_at: float
-    payload: dict[str, Any]
-    replay_id: str | None = None
-    #: Set when the envelope is a dead letter being replayed: its entry, and the
-    #: attempts and first failure it already had.
-    dead_letter_id: str | None = None
-    previous_attempts: int = 0
-    first_failure: float | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Envelope:
-        return cls.model_validate(data)
 
 
 def _require(mapping: Any, key: str, where: str, kind: type = dict) -> Any:
@@ -143,14 +116,6 @@ def _split_value(value: dict[str, Any], where: str, received_at: float) -> list[
             )
         )
     return out
-
-
-def mask_user_id(user_id: str) -> str:
-    """For logs and Flower: the last 4 characters at most, the rest masked."""
-    if not user_id:
-        return ""
-    shown = 4 if len(user_id) > 6 else 0
-    return "*" * (len(user_id) - shown) + user_id[len(user_id) - shown :]
 
 
 class WebhookUser(BaseModel):

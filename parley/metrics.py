@@ -1,11 +1,12 @@
-"""Prometheus metrics for what only Parley knows, served on the ingress's ``/metrics``.
+"""Prometheus metrics of the pipeline's state, served on the ingress's ``/metrics``.
 
 Flower shows workers and tasks but no queue lengths, and hides a queue nobody
 consumes — exactly the partition whose node died. So at scrape time this reads the
 pipeline DB: each partition's depth, lease holder and in-flight envelope, the live
 nodes, dead letters, the replay log, and the handler-latency histogram the workers
 keep there (``finish.lua`` adds each run to it, so every node's runs are counted
-without scraping each node). The ingress process adds its own delivery counters.
+without scraping each node). The ingress adds its own delivery counters
+(``parley.ingress.metrics``).
 """
 
 from __future__ import annotations
@@ -13,22 +14,22 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import redis
-from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from workers.pipeline import LATENCY_BUCKETS
-from workers.settings import Settings
-from workers.status import read_state
+from parley.status import read_state
+from parley.workers.pipeline import LATENCY_BUCKETS
 
 
 class PipelineCollector(Collector):
-    def __init__(self, client: redis.Redis, partitions: int) -> None:
-        self.client = client
+    def __init__(self, pipeline_url: str, partitions: int) -> None:
+        self.pipeline_url = pipeline_url
         self.partitions = partitions
 
     def collect(self) -> Iterator[Metric]:
-        state = read_state(self.client, self.partitions)
+        # a connection per scrape (one every few seconds): nothing to close at shutdown
+        with redis.Redis.from_url(self.pipeline_url, socket_timeout=5) as client:
+            state = read_state(client, self.partitions)
         depth = GaugeMetricFamily(
             "parley_partition_depth", "Messages waiting on a partition queue", labels=["partition"]
         )
@@ -81,27 +82,3 @@ def handler_histogram(fields: dict[str, str]) -> HistogramMetricFamily:
         buckets=buckets,
         sum_value=float(fields.get("sum", 0)),
     )
-
-
-class IngressMetrics:
-    """One registry per ingress app: its delivery counters and the pipeline collector."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.deliveries = Counter(
-            "parley_deliveries",
-            "Webhook deliveries answered, by outcome (accepted, refused, unavailable) and reason",
-            ["outcome", "reason"],
-            registry=self.registry,
-        )
-        self.envelopes = Counter(
-            "parley_envelopes",
-            "Envelopes of accepted deliveries: new (enqueued) or duplicate (skipped)",
-            ["outcome"],
-            registry=self.registry,
-        )
-        self.client = redis.Redis.from_url(settings.pipeline, socket_timeout=5)
-        self.registry.register(PipelineCollector(self.client, settings.partitions))
-
-    def refused(self, reason: str) -> None:
-        self.deliveries.labels("refused", reason).inc()

@@ -22,10 +22,11 @@ from typing import Any
 import orjson
 import redis
 
-from workers.messages import celery_message
-from workers.partition import partition_for, queue_name
-from workers.settings import Settings, parse_duration
-from workers.webhook import Envelope
+from parley.wire.envelope import Envelope
+from parley.wire.keys import queue_name
+from parley.wire.messages import celery_message
+from parley.wire.partition import partition_for
+from parley.workers.settings import Settings, parse_duration
 
 STREAM_ID = re.compile(r"^\d+(-\d+)?$")
 CHUNK = 500

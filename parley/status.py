@@ -8,10 +8,16 @@ from dataclasses import dataclass
 
 import redis
 
-from workers.leases import NODES, lease_key
-from workers.messages import waiting_since
-from workers.partition import queue_name
-from workers.pipeline import DEAD_LETTERS, LATENCY, REPLAY_LOG, inflight_key
+from parley.wire.keys import (
+    DEAD_LETTERS,
+    LATENCY,
+    NODES,
+    REPLAY_LOG,
+    inflight_key,
+    lease_key,
+    queue_name,
+)
+from parley.wire.messages import waiting_since
 
 
 @dataclass

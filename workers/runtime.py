@@ -1,4 +1,4 @@
-"""The Celery app, its one task, and the runtime that runs handlers in a worker process.
+"""The runtime that runs handlers in a worker process.
 
 Each worker process keeps ONE asyncio event loop for its whole life (connection
 pools and the messenger's keep-alive client live on it), consumes its partition
@@ -18,103 +18,28 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-from celery import Celery
+from parley.cache import CacheUnavailableError
+from parley.cache.redis import close_pools
+from parley.wire.envelope import Envelope, mask_user_id
+from parley.wire.keys import queue_name
+from parley.wire.messages import celery_message, task_repr
+from parley.wire.partition import partition_for
+from parley.workers.builder import ParleyApp
+from parley.workers.messenger import MessengerTransientError, WhatsAppMessenger
+from parley.workers.pipeline import (
+    ALREADY_DONE,
+    NOT_LEASE_HOLDER,
+    PipelineStore,
+    RedisPipelineStore,
+)
+from parley.workers.webhook import Webhook
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from cache import CacheUnavailableError
-from cache.redis import close_pools
-from workers.builder import ParleyApp, load_app
-from workers.messenger import MessengerTransientError, WhatsAppMessenger
-from workers.partition import partition_for, queue_name
-from workers.pipeline import (
-    ALREADY_DONE,
-    NOT_LEASE_HOLDER,
-    MemoryPipelineStore,
-    PipelineStore,
-)
-from workers.settings import Settings, get_settings
-from workers.webhook import Envelope, Webhook, mask_user_id
-
 log = logging.getLogger("parley.worker")
 
-TASK_NAME = "parley.handle"
 #: Errors that say "try again": the partition waits (retrying in place keeps order).
 TRANSIENT = (CacheUnavailableError, MessengerTransientError, RedisError)
-
-celery_app = Celery("parley")
-
-
-def configure_celery(settings: Settings, app: Celery = celery_app) -> None:
-    """Parley's Celery settings (the benchmark's no-op floor uses them too)."""
-    if app._pool is not None and app.conf.broker_url != settings.broker:
-        # Celery caches its broker connection pool; a new broker needs another one
-        # (kombu keeps the old pool registered, to be found again for the old URL)
-        app._pool = None
-        app.amqp._producer_pool = None
-    app.conf.update(
-        broker_url=settings.broker,
-        broker_connection_retry_on_startup=True,
-        broker_transport_options={
-            "visibility_timeout": settings.visibility_timeout,
-            # the in-memory broker (parley demo) polls; its default 1 s is a second a message
-            **({"polling_interval": 0.01} if settings.broker.startswith("memory://") else {}),
-            **(
-                {
-                    "unacked_restore_interval": settings.redelivery_scan_interval,
-                    "unacked_restore_throttle": 1,
-                }
-                if settings.redelivery_scan_interval
-                else {}
-            ),
-        },
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-        event_serializer="json",
-        result_backend=None,
-        task_ignore_result=True,
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        worker_send_task_events=True,
-        task_send_sent_event=True,
-        task_create_missing_queues=True,
-        task_default_queue="parley.default",
-        worker_hijack_root_logger=False,
-    )
-
-
-configure_celery(get_settings())
-
-#: How every Parley worker node runs (and the pipeline benchmark's no-op floor, so the
-#: two compare like with like): one message at a time, in order, per node.
-WORKER_OPTIONS = ("--pool", "solo", "--concurrency", "1", "--without-mingle", "--without-gossip")
-
-
-def task_repr(envelope: Envelope) -> str:
-    """What Flower and logs show of a task: ids, never message text."""
-    return (
-        f"tenant={envelope.tenant_id} user={mask_user_id(envelope.user_id)} "
-        f"{envelope.kind}={envelope.event_id}" + (" replay" if envelope.replay_id else "")
-    )
-
-
-def publish(envelope: Envelope, settings: Settings | None = None) -> int:
-    """Send an envelope to its partition's queue; returns the partition."""
-    settings = settings or get_settings()
-    partition = partition_for(envelope.tenant_id, envelope.user_id, settings.partitions)
-    queue = queue_name(partition)
-    celery_app.send_task(
-        TASK_NAME,
-        args=[envelope.to_json()],
-        queue=queue,
-        routing_key=queue,
-        argsrepr=task_repr(envelope),
-        kwargsrepr="{}",
-        shadow=f"parley.{envelope.kind}",
-    )
-    return partition
 
 
 async def dispatch(app: ParleyApp, envelope: Envelope, messenger: Any) -> None:
@@ -148,7 +73,7 @@ class Runtime:
         app: ParleyApp,
         node: str | None = None,
         *,
-        pipeline: PipelineStore | MemoryPipelineStore | None = None,
+        pipeline: PipelineStore | None = None,
         http: httpx.AsyncClient | None = None,
     ) -> None:
         """``pipeline`` and ``http`` (the Graph API client) are for ``parley demo``."""
@@ -156,7 +81,7 @@ class Runtime:
         self.settings = app.settings
         self.node = node or f"parley-{os.getpid()}@{socket.gethostname()}"
         self.loop = asyncio.new_event_loop()
-        self.pipeline = pipeline or PipelineStore(
+        self.pipeline: PipelineStore = pipeline or RedisPipelineStore(
             Redis.from_url(self.settings.pipeline), self.settings.done_ttl
         )
         self.messenger = WhatsAppMessenger(
@@ -178,6 +103,10 @@ class Runtime:
             self.loop.run_until_complete(self.app.handler.on_startup())
         return self.loop.run_until_complete(coro)
 
+    def handle(self, raw: dict[str, Any]) -> str:
+        """The Celery task: one envelope, run to its end on this process's loop."""
+        return self.run(self.process(raw))  # type: ignore[no-any-return]
+
     def close(self) -> None:
         async def _close() -> None:
             if self._started:
@@ -185,8 +114,7 @@ class Runtime:
             await self.messenger.aclose()
             if self._broker is not None:
                 await self._broker.aclose()
-            if isinstance(self.pipeline, PipelineStore):
-                await self.pipeline.client.aclose()
+            await self.pipeline.aclose()
             await close_pools()
 
         self.loop.run_until_complete(_close())
@@ -239,8 +167,6 @@ class Runtime:
     async def _put_back(self, envelope: Envelope, partition: int) -> None:
         """The lease moved while this node still consumed the partition: put the
         message back in front for the owner and make this node stop consuming."""
-        from workers.messages import celery_message
-
         queue = queue_name(partition)
         if self._broker is None:
             self._broker = Redis.from_url(self.settings.broker)
@@ -315,27 +241,3 @@ class Runtime:
             await self.process(record.envelope.to_json())
             finished += 1
         return finished
-
-
-_runtime: Runtime | None = None
-
-
-def set_runtime(runtime: Runtime) -> None:
-    global _runtime
-    _runtime = runtime
-
-
-def get_runtime() -> Runtime:
-    """The process's runtime; under plain ``celery worker`` built from ``PARLEY_APP``."""
-    global _runtime
-    if _runtime is None:
-        app_path = os.environ.get("PARLEY_APP")
-        if not app_path:
-            raise RuntimeError("no Parley app loaded: start workers with `parley worker --app`")
-        _runtime = Runtime(load_app(app_path))
-    return _runtime
-
-
-@celery_app.task(name=TASK_NAME, ignore_result=True)
-def handle(envelope: dict[str, Any]) -> str:
-    return get_runtime().run(get_runtime().process(envelope))

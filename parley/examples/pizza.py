@@ -1,6 +1,6 @@
 """The caching spec's pizza flow, completed: size → toppings → confirm → order stored.
 
-parley worker --app examples.pizza:app
+parley worker --app parley.examples.pizza:app
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, Field
 
-from workers import WappaBuilder, WappaEventHandler, Webhook
+from parley import WappaBuilder, WappaEventHandler, Webhook
 
 SIZES = ("small", "medium", "large")
 TOPPINGS = ("pepperoni", "mushrooms", "cheese")

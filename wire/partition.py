@@ -9,18 +9,12 @@ from __future__ import annotations
 
 import hashlib
 
-QUEUE_PREFIX = "parley.p"
-
 
 def partition_for(tenant_id: str, user_id: str, partitions: int) -> int:
     digest = hashlib.blake2b(
         f"{len(tenant_id)}:{tenant_id}:{user_id}".encode(), digest_size=8
     ).digest()
     return int.from_bytes(digest, "big") % partitions
-
-
-def queue_name(partition: int) -> str:
-    return f"{QUEUE_PREFIX}{partition}"
 
 
 def parse_partitions(spec: str, partitions: int) -> list[int]:

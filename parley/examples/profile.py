@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from workers import WappaBuilder, WappaEventHandler, Webhook
+from parley import WappaBuilder, WappaEventHandler, Webhook
 
 GREETINGS = {
     "en": "Language updated to English! 🇺🇸",

@@ -26,7 +26,7 @@ def main() -> None:
 )
 def demo(redis_url: str | None) -> None:
     """Play a pizza-ordering conversation for three users and print it."""
-    from workers.demo import run_demo
+    from parley.demo import run_demo
 
     raise SystemExit(asyncio.run(run_demo(redis_url)))
 
@@ -44,20 +44,22 @@ def demo(redis_url: str | None) -> None:
 def ingress(
     host: str, port: int, processes: int, insecure_skip_signature: bool, log_level: str
 ) -> None:
-    """The webhook endpoint (uvicorn serving ingress.app:app)."""
+    """The webhook endpoint (uvicorn serving parley.asgi:from_environment)."""
     import uvicorn
 
-    from ingress.app import INSECURE_ENV, create_app
+    from parley.asgi import INSECURE_ENV, create_ingress
+    from parley.workers.settings import Settings
 
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
     if insecure_skip_signature:
         os.environ[INSECURE_ENV] = "1"
-    try:
-        create_app(skip_signature=insecure_skip_signature)  # fail before binding, not per worker
+    try:  # fail before binding, not in each uvicorn worker
+        create_ingress(Settings(), skip_signature=insecure_skip_signature)
     except RuntimeError as exc:
         raise click.UsageError(str(exc)) from None
     uvicorn.run(
-        "ingress.app:app",
+        "parley.asgi:from_environment",
+        factory=True,
         host=host,
         port=port,
         workers=processes,
@@ -80,22 +82,21 @@ def ingress(
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(app_path: str, partitions: str, node: str | None, loglevel: str) -> None:
     """A worker node: consumes its partition queues one message at a time, in order."""
-    from workers.builder import load_app
-    from workers.partition import parse_partitions, queue_name
-    from workers.settings import set_settings
-    from workers.tasks import WORKER_OPTIONS, Runtime, celery_app, configure_celery, set_runtime
+    from parley.wire.keys import DEFAULT_QUEUE, queue_name
+    from parley.wire.partition import parse_partitions
+    from parley.workers.builder import load_app
+    from parley.workers.celery import WORKER_OPTIONS, create_celery
+    from parley.workers.runtime import Runtime
 
     logging.basicConfig(level=loglevel.upper(), format=LOG_FORMAT)
     app = load_app(app_path)
     settings = app.settings
-    set_settings(settings)
-    configure_celery(settings)
     name = node or f"parley-{os.getpid()}"
     runtime = Runtime(app, node=f"{name}@{socket.gethostname()}")
-    set_runtime(runtime)
+    celery_app = create_celery(settings, runtime.handle)
     if partitions == "auto":
-        _join_as_auto_node(runtime)
-        queues = [celery_app.conf.task_default_queue]  # partitions are added as leased
+        _join_as_auto_node(runtime, celery_app)
+        queues = [DEFAULT_QUEUE]  # partitions are added as leased
     else:
         spec = f"0-{settings.partitions - 1}" if partitions == "all" else partitions
         try:
@@ -121,13 +122,12 @@ def worker(app_path: str, partitions: str, node: str | None, loglevel: str) -> N
         runtime.close()
 
 
-def _join_as_auto_node(runtime: Any) -> None:
+def _join_as_auto_node(runtime: Any, celery_app: Any) -> None:
     """Wire partition ownership into the worker about to start."""
     import redis
 
-    from workers.leases import Leases
-    from workers.ownership import Coordinator, NodeNameTaken, install
-    from workers.tasks import celery_app
+    from parley.workers.leases import Leases
+    from parley.workers.ownership import Coordinator, NodeNameTaken, install
 
     settings = runtime.settings
     timeout = settings.lease_ttl / 6  # a renewal must fail fast, well inside the lease
@@ -166,11 +166,12 @@ def _console() -> Any:
 
 
 def _pipeline_client() -> tuple[Any, Any]:
+    """The settings from the environment, and a client of their pipeline DB."""
     import redis
 
-    from workers.settings import get_settings
+    from parley.workers.settings import Settings
 
-    settings = get_settings()
+    settings = Settings()
     return redis.Redis.from_url(settings.pipeline), settings
 
 
@@ -205,8 +206,8 @@ def replay(
     )
     from rich.table import Table
 
-    from workers.pipeline import DEAD_LETTERS, REPLAY_LOG
-    from workers.replay import enqueue, select, stream_bound, summary
+    from parley.replay import enqueue, select, stream_bound, summary
+    from parley.wire.keys import DEAD_LETTERS, REPLAY_LOG
 
     console = _console()
     client, settings = _pipeline_client()
@@ -263,9 +264,9 @@ def dead_list() -> None:
     """When, tenant, masked user, message id and error of each dead letter."""
     from rich.table import Table
 
-    from workers.pipeline import DEAD_LETTERS
-    from workers.replay import select
-    from workers.webhook import mask_user_id
+    from parley.replay import select
+    from parley.wire.envelope import mask_user_id
+    from parley.wire.keys import DEAD_LETTERS
 
     client, _ = _pipeline_client()
     table = Table("id", "last failure", "tenant", "user", "event", "attempts", "error")
@@ -288,7 +289,7 @@ def dead_list() -> None:
 @click.argument("entry_id")
 def dead_show(entry_id: str) -> None:
     """One dead letter: its envelope and traceback."""
-    from workers.pipeline import DEAD_LETTERS
+    from parley.wire.keys import DEAD_LETTERS
 
     client, _ = _pipeline_client()
     found = client.xrange(DEAD_LETTERS, entry_id, entry_id)
@@ -308,7 +309,7 @@ def dead_show(entry_id: str) -> None:
 @click.option("--all", "drop_all", is_flag=True, help="Drop every dead letter.")
 def dead_drop(entry_id: str | None, drop_all: bool) -> None:
     """Delete one dead letter, or all of them."""
-    from workers.pipeline import DEAD_LETTERS
+    from parley.wire.keys import DEAD_LETTERS
 
     client, _ = _pipeline_client()
     if drop_all:
@@ -331,8 +332,8 @@ def status() -> None:
 
     from rich.table import Table
 
-    from workers.partition import queue_name
-    from workers.status import read_state
+    from parley.status import read_state
+    from parley.wire.keys import queue_name
 
     client, settings = _pipeline_client()
     state = read_state(client, settings.partitions)

@@ -5,7 +5,7 @@ parley worker --app examples.catalog:app
 
 from __future__ import annotations
 
-from workers import WappaBuilder, WappaEventHandler, Webhook
+from parley import WappaBuilder, WappaEventHandler, Webhook
 
 PRODUCTS = [
     {"id": "pizza_small", "name": "Small Pizza", "price": 8.99, "category": "pizza"},

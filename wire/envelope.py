@@ -1,0 +1,44 @@
+"""The envelope: one webhook event (a message, a status or an error block) for one
+user, as it travels from the ingress through the queue to a worker — JSON only."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+Kind = Literal["message", "status", "error"]
+
+
+class Envelope(BaseModel):
+    """The unit of work on the queue: JSON only."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tenant_id: str
+    user_id: str
+    kind: Kind
+    event_id: str
+    received_at: float
+    payload: dict[str, Any]
+    replay_id: str | None = None
+    #: Set when the envelope is a dead letter being replayed: its entry, and the
+    #: attempts and first failure it already had.
+    dead_letter_id: str | None = None
+    previous_attempts: int = 0
+    first_failure: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Envelope:
+        return cls.model_validate(data)
+
+
+def mask_user_id(user_id: str) -> str:
+    """For logs and Flower: the last 4 characters at most, the rest masked."""
+    if not user_id:
+        return ""
+    shown = 4 if len(user_id) > 6 else 0
+    return "*" * (len(user_id) - shown) + user_id[len(user_id) - shown :]

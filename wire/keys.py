@@ -1,0 +1,58 @@
+"""Every Redis key and channel of the pipeline DB, in one place.
+
+The caches' keys are the caching spec's (``parley.cache.keys``); these are Parley's
+own bookkeeping. Ids that come from outside (tenant, message id) are escaped with the
+caches' ``escape_id``, so no payload can reach another tenant's key.
+"""
+
+from __future__ import annotations
+
+from parley.cache.keys import escape_id
+from parley.wire.envelope import Envelope
+
+#: Partition k's Celery queue (a Redis list on the Redis broker)
+QUEUE_PREFIX = "parley.p"
+#: The queue a worker consumes before it holds any partition (it stays empty)
+DEFAULT_QUEUE = "parley.default"
+#: Every accepted envelope, in acceptance order (a stream: ids are acceptance times)
+REPLAY_LOG = "parley:log"
+#: Envelopes whose handler failed for good (a stream)
+DEAD_LETTERS = "parley:dead"
+#: Handler run times of finished envelopes, all nodes: a count per bucket, sum, count
+LATENCY = "parley:latency"
+#: Live worker nodes, each scored with the time (Redis's clock, ms) its heartbeat ends
+NODES = "parley:nodes"
+#: Published on after a node joins, leaves or releases leases: nodes re-balance at
+#: once instead of at their next heartbeat
+OWNERSHIP_CHANNEL = "parley:ownership"
+
+
+def queue_name(partition: int) -> str:
+    return f"{QUEUE_PREFIX}{partition}"
+
+
+def lease_key(partition: int) -> str:
+    """Partition k's lease: the holder's node name, with an expiry."""
+    return f"parley:lease:{partition}"
+
+
+def inflight_key(partition: int) -> str:
+    """The envelope partition k is running right now, and on which node."""
+    return f"parley:inflight:{partition}"
+
+
+def seen_key(envelope: Envelope) -> str:
+    """The ingress's dedup mark: Meta redelivers an accepted delivery."""
+    return (
+        f"parley:seen:{escape_id(envelope.tenant_id, 'tenant_id')}:"
+        f"{escape_id(envelope.event_id, 'event_id')}"
+    )
+
+
+def done_key(envelope: Envelope) -> str:
+    """The workers' done-marker. A replay has an id of its own, so the original's
+    marker does not skip it."""
+    event = envelope.replay_id or envelope.event_id
+    return (
+        f"parley:done:{escape_id(envelope.tenant_id, 'tenant_id')}:{escape_id(event, 'event_id')}"
+    )

@@ -1,0 +1,103 @@
+"""The Celery task message of one envelope, in Celery's message protocol v2, as the
+Redis transport stores it on a queue.
+
+The ingress, ``parley replay`` and a worker putting a message back push these bytes
+straight onto partition queues (one round trip for many envelopes, instead of
+``apply_async`` per envelope); workers consume them as ordinary ``parley.handle``
+tasks. Written out here rather than built with Celery's ``as_task_v2`` so that the
+ingress and the operator tools never import Celery; a test compares every field
+with what Celery itself produces.
+"""
+
+from __future__ import annotations
+
+import base64
+import socket
+import uuid
+from typing import Any
+
+import orjson
+from parley.wire.envelope import Envelope, mask_user_id
+
+#: The one task every Parley message runs
+TASK_NAME = "parley.handle"
+ORIGIN = f"parley@{socket.gethostname()}"
+
+
+def task_repr(envelope: Envelope) -> str:
+    """What Flower and logs show of a task: ids, never message text."""
+    return (
+        f"tenant={envelope.tenant_id} user={mask_user_id(envelope.user_id)} "
+        f"{envelope.kind}={envelope.event_id}" + (" replay" if envelope.replay_id else "")
+    )
+
+
+def task_shadow(envelope: Envelope) -> str:
+    """The task name Flower shows: parley.message, parley.status or parley.error."""
+    return f"parley.{envelope.kind}"
+
+
+def task_headers(task_id: str, envelope: Envelope) -> dict[str, Any]:
+    """Protocol v2 headers, as Celery's ``as_task_v2`` writes them for a task sent with
+    ``ignore_result=True``, the envelope's repr and its shadow name."""
+    return {
+        "lang": "py",
+        "task": TASK_NAME,
+        "id": task_id,
+        "shadow": task_shadow(envelope),
+        "eta": None,
+        "expires": None,
+        "group": None,
+        "group_index": None,
+        "retries": 0,
+        "timelimit": [None, None],
+        "root_id": task_id,
+        "parent_id": None,
+        "argsrepr": task_repr(envelope),
+        "kwargsrepr": "{}",
+        "origin": ORIGIN,
+        "ignore_result": True,
+        "replaced_task_nesting": 0,
+        "stamped_headers": None,
+        "stamps": {},
+    }
+
+
+def task_body(envelope: Envelope) -> bytes:
+    """``[args, kwargs, embed]``: the task's one argument is the envelope's JSON."""
+    embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+    return orjson.dumps([[envelope.to_json()], {}, embed])
+
+
+def celery_message(envelope: Envelope, queue: str) -> bytes:
+    """The JSON Celery's Redis transport puts on ``queue`` for this envelope."""
+    task_id = str(uuid.uuid4())
+    return orjson.dumps(
+        {
+            "body": base64.b64encode(task_body(envelope)).decode(),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": task_headers(task_id, envelope),
+            "properties": {
+                "correlation_id": task_id,
+                "reply_to": "",
+                "delivery_mode": 2,
+                "delivery_info": {"exchange": "", "routing_key": queue},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        }
+    )
+
+
+def waiting_since(raw: bytes | None) -> float | None:
+    """When the envelope in a queued Celery message reached the ingress (epoch seconds):
+    for the oldest message of a queue, how long its partition lags behind."""
+    if raw is None:
+        return None
+    try:
+        args = orjson.loads(base64.b64decode(orjson.loads(raw)["body"]))[0]
+        return float(args[0]["received_at"])
+    except (ValueError, KeyError, IndexError, TypeError):  # not a Parley task
+        return None

@@ -1,0 +1,98 @@
+"""The Celery app of a Parley process, built from its settings.
+
+Nothing here runs at import: ``create_celery(settings)`` makes a new app for the
+settings it is given (the worker, the ingress's fallback publisher and ``parley demo``
+each build theirs when they start). ``celery -A parley.workers flower`` finds the
+``app`` attribute of this module, which builds one from the environment on first use.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery
+from parley.wire.envelope import Envelope
+from parley.wire.keys import DEFAULT_QUEUE, queue_name
+from parley.wire.messages import TASK_NAME, task_repr, task_shadow
+from parley.wire.partition import partition_for
+from parley.workers.settings import Settings
+
+#: How every Parley worker node runs (and the pipeline benchmark's no-op floor, so the
+#: two compare like with like): one message at a time, in order, per node.
+WORKER_OPTIONS = ("--pool", "solo", "--concurrency", "1", "--without-mingle", "--without-gossip")
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Parley's Celery settings: JSON only, acks after the handler, prefetch 1."""
+    transport: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
+    if settings.broker.startswith("memory://"):
+        # the in-memory broker (parley demo) polls; its default 1 s is a second a message
+        transport["polling_interval"] = 0.01
+    if settings.redelivery_scan_interval:
+        transport["unacked_restore_interval"] = settings.redelivery_scan_interval
+        transport["unacked_restore_throttle"] = 1
+    return {
+        "broker_url": settings.broker,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": transport,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "event_serializer": "json",
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_create_missing_queues": True,
+        "task_default_queue": DEFAULT_QUEUE,
+        "worker_hijack_root_logger": False,
+    }
+
+
+def create_celery(
+    settings: Settings, handle: Callable[[dict[str, Any]], str] | None = None
+) -> Celery:
+    """A Celery app for these settings; with ``handle``, the worker's one task
+    (``parley.handle``: one envelope's JSON in, its outcome out)."""
+    app = Celery("parley", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    if handle is not None:
+        app.task(name=TASK_NAME, ignore_result=True, shared=False)(handle)
+    return app
+
+
+def publish(app: Celery, envelope: Envelope, partitions: int) -> int:
+    """Send an envelope to its partition's queue through Celery (any broker); returns
+    the partition. On a Redis broker the ingress and ``parley replay`` push the same
+    message themselves (``parley.wire.messages``), many per round trip."""
+    partition = partition_for(envelope.tenant_id, envelope.user_id, partitions)
+    queue = queue_name(partition)
+    app.send_task(
+        TASK_NAME,
+        args=[envelope.to_json()],
+        queue=queue,
+        routing_key=queue,
+        argsrepr=task_repr(envelope),
+        kwargsrepr="{}",
+        shadow=task_shadow(envelope),
+        ignore_result=True,
+    )
+    return partition
+
+
+@functools.cache
+def _from_environment() -> Celery:
+    return create_celery(Settings())
+
+
+def __getattr__(name: str) -> Celery:
+    """``celery -A parley.workers …`` (Flower, inspect): the app for the environment's
+    settings, built when Celery first asks for it."""
+    if name == "app":
+        return _from_environment()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,104 @@
+"""Every kombu and Celery internal that Parley relies on, in one module.
+
+Partition ownership needs more control over the consumer than Celery's public API
+gives: stopping a queue without losing the message a blocking pop already took, and
+putting a dead node's unacked message back in front of its queue at once instead of
+after the visibility timeout. Each function below names the private state it reads.
+They were written against Celery and kombu 5.4-5.7, which is why ``pyproject.toml``
+caps both below 5.8: raise the cap only after the ownership tests pass on the new
+version. Nothing else in Parley touches a name that starts with an underscore in
+either library, nor the layout of kombu's keys.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from parley.cache.lua import lua
+
+#: kombu's Redis transport: the hash of unacked messages (delivery tag → [message,
+#: exchange, routing key]) and the sorted set of their delivery times
+UNACKED = "unacked"
+UNACKED_INDEX = "unacked_index"
+
+
+def has_event_loop(consumer: Any) -> bool:
+    """Whether the Celery consumer runs on kombu's hub (the Redis transport's event loop)."""
+    return consumer.hub is not None
+
+
+def call_soon(consumer: Any, function: Callable[..., object], *args: Any) -> None:
+    """Run ``function`` on the worker's loop thread, between messages (``consumer.hub``)."""
+    consumer.hub.call_soon(function, *args)
+
+
+def consume(consumer: Any, queue: str) -> None:
+    consumer.add_task_queue(queue)
+
+
+def stop_consuming(consumer: Any, queues: list[str], broker: redis.Redis | None) -> None:
+    """Stop consuming these queues, leaving no popped message behind (Redis broker)."""
+    if consumer is None or consumer.task_consumer is None:
+        return
+    if broker is not None:
+        settle_pending_pop(consumer.task_consumer.channel, broker)
+    for queue in queues:
+        consumer.cancel_task_queue(queue)
+
+
+def forget_queues(consumer: Any, queues: list[str]) -> None:
+    """Drop the queues from the worker's selection, so a consumer restart does not
+    consume them again."""
+    for queue in queues:
+        consumer.app.amqp.queues.deselect(queue)
+
+
+def settle_pending_pop(channel: Any, broker: redis.Redis) -> None:
+    """If the task channel has a BRPOP in flight, read its answer now and push what it
+    popped back to the front of its queue.
+
+    kombu cancels a consumer without waiting for the pop already sent; a message that
+    pop takes for the cancelled queue would be requeued at the BACK — behind newer
+    messages — or, on shutdown, restored after the next owner started. Either breaks
+    the partition's order, so the answer is read here (private kombu state:
+    ``channel._in_poll`` is the connection with a pending BRPOP).
+    """
+    connection = getattr(channel, "_in_poll", None)
+    if not connection:
+        return
+    try:
+        reply = channel.client.parse_response(connection, "BRPOP")
+    finally:
+        channel._in_poll = None
+    if reply:
+        key, raw = reply
+        broker.rpush(key, raw)  # BRPOP takes from the right: this is the front again
+
+
+def restore_unacked(broker: redis.Redis, queue: str) -> int:
+    """Put a dead predecessor's unacked message(s) for ``queue`` back at its front.
+
+    Only the lease holder consumes a queue, so at takeover anything still unacked for
+    it was taken by a node that is gone; kombu would restore it only after the
+    visibility timeout, behind everything newer. Reads kombu's ``unacked`` hash
+    (tag → JSON ``[message, exchange, routing_key]``) and ``unacked_index``.
+    """
+    tags = broker.zrange(UNACKED_INDEX, 0, -1)  # oldest first
+    if not tags:
+        return 0
+    ours = [
+        (tag, raw)
+        for tag, raw in zip(tags, broker.hmget(UNACKED, tags), strict=True)
+        if raw is not None and json.loads(raw)[2] == queue
+    ]
+    script = broker.register_script(lua("parley.workers", "restore_unacked"))
+    restored = 0
+    for tag, raw in reversed(ours):  # newest first: the oldest ends up in front
+        payload = json.loads(raw)[0]
+        payload["headers"]["redelivered"] = True
+        payload["properties"].setdefault("delivery_info", {})["redelivered"] = True
+        restored += script(keys=[UNACKED, UNACKED_INDEX, queue], args=[tag, json.dumps(payload)])
+    return restored
