@@ -10,10 +10,11 @@ WORKDIR /app
 
 # Only what `pip install .` needs: never the work tree's .env (secrets) or caches.
 COPY pyproject.toml README.md ./
+COPY parley ./parley
 COPY cache ./cache
+COPY wire ./wire
 COPY workers ./workers
 COPY ingress ./ingress
-COPY examples ./examples
 RUN pip install . \
     && useradd --create-home --uid 10001 --shell /usr/sbin/nologin parley \
     && chown parley /app

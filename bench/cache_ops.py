@@ -19,9 +19,9 @@ from datetime import UTC, datetime
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from cache import create_cache_factory
-from cache.redis import close_pools
-from tests.redis_server import RedisServer
+from parley.cache import create_cache_factory
+from parley.cache.redis import close_pools
+from parley.testing import RedisServer
 
 Op = Callable[[], Awaitable[object]]
 

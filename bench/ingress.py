@@ -11,8 +11,6 @@ a new webhook (no dedup shortcut).
 from __future__ import annotations
 
 import argparse
-import hashlib
-import hmac
 import os
 import re
 import shutil
@@ -25,8 +23,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from tests.payloads import delivery, text_message
-from tests.redis_server import RedisServer, free_port
+from parley.testing import RedisServer, delivery, free_port, sign, text_message
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-secret"
@@ -67,7 +64,7 @@ def write_requests(count: int, folder: Path) -> Path:
                     ]
                 )
             )
-            sig = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+            sig = sign(body, SECRET)["X-Hub-Signature-256"]
             out.write(sig.encode() + b"\t" + body + b"\n")
     return path
 
@@ -162,7 +159,7 @@ def main(seconds: int, connections: int) -> None:
                 [
                     sys.executable,
                     "-m",
-                    "workers",
+                    "parley",
                     "ingress",
                     "--port",
                     str(ingress_port),

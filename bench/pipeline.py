@@ -18,11 +18,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.payloads import envelope
-from tests.redis_server import RedisServer
-from workers.partition import partition_for, queue_name
-from workers.settings import Settings, set_settings
-from workers.tasks import WORKER_OPTIONS, configure_celery, publish, task_repr
+from bench.noop import TASK_NAME as NOOP_TASK
+from bench.noop import create_noop_app
+from parley.testing import RedisServer, envelope
+from parley.wire.keys import queue_name
+from parley.wire.messages import task_repr
+from parley.wire.partition import partition_for
+from parley.workers.celery import WORKER_OPTIONS, create_celery, publish
+from parley.workers.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 USERS = 200
@@ -64,18 +67,15 @@ def main(webhooks: int) -> None:
     server = RedisServer().start()
     try:
         settings = Settings(redis_url=server.url)
-        set_settings(settings)
         env = {"PARLEY_REDIS_URL": server.url, "PARLEY_PARTITIONS": str(settings.partitions)}
         envelopes = [envelope(f"5190{n % USERS:06d}", f"hello {n}") for n in range(webhooks)]
 
         # the floor: the same messages, the same queues, a no-op task
-        from bench.noop import app as noop_app
-
-        configure_celery(settings, noop_app)
+        noop_app = create_noop_app(settings)
         for env_ in envelopes:
             queue = queue_name(partition_for(env_.tenant_id, env_.user_id, settings.partitions))
             noop_app.send_task(
-                "bench.noop",
+                NOOP_TASK,
                 args=[env_.to_json()],
                 queue=queue,
                 routing_key=queue,
@@ -93,17 +93,17 @@ def main(webhooks: int) -> None:
             settings.partitions,
         )
 
-        configure_celery(settings)
+        celery_app = create_celery(settings)
         for env_ in envelopes:
-            publish(env_, settings)
+            publish(celery_app, env_, settings.partitions)
         ours = run_worker(
             [
                 sys.executable,
                 "-m",
-                "workers",
+                "parley",
                 "worker",
                 "--app",
-                "tests.apps:bench",
+                "bench.apps:bench",
                 "--partitions",
                 "all",
                 "--loglevel",

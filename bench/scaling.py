@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 
 from bench.pipeline import ROOT, USERS, remaining
-from tests.payloads import envelope
-from tests.redis_server import RedisServer
-from workers.leases import holders
-from workers.messages import celery_message
-from workers.partition import partition_for, queue_name
-from workers.settings import Settings
+from parley.testing import RedisServer, envelope
+from parley.wire.keys import queue_name
+from parley.wire.messages import celery_message
+from parley.wire.partition import partition_for
+from parley.workers.leases import holders
+from parley.workers.settings import Settings
 
 
 def fill(server: RedisServer, settings: Settings, webhooks: int) -> None:
@@ -48,7 +48,7 @@ def run_nodes(server: RedisServer, settings: Settings, nodes: int, webhooks: int
     processes = [
         subprocess.Popen(
             [
-                *(sys.executable, "-m", "workers", "worker", "--app", "tests.apps:bench"),
+                *(sys.executable, "-m", "parley", "worker", "--app", "bench.apps:bench"),
                 *("--partitions", "auto", "--node", f"bench-{n}", "--loglevel", "WARNING"),
             ],
             cwd=ROOT,

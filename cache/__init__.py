@@ -41,6 +41,7 @@ def create_cache_factory(
 ) -> type[CacheFactory]:
     """The factory class of a backend, e.g. ``create_cache_factory("redis")``; with settings
     or overrides (``redis_url=...``), a subclass bound to them."""
+    factory: type[CacheFactory]
     if backend == "memory":
         from parley.cache.memory import MemoryCacheFactory as factory
     elif backend == "json":

@@ -7,7 +7,9 @@ over whichever ``Store`` the factory chose.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
+
+from pydantic import BaseModel
 
 from parley.cache.codec import (
     check_field,
@@ -24,7 +26,6 @@ from parley.cache.errors import CacheArgumentTypeError
 from parley.cache.interface import ICache
 from parley.cache.keys import KeyFactory
 from parley.cache.store import Store
-from pydantic import BaseModel
 
 M = TypeVar("M", bound=BaseModel)
 _UNSET: Any = object()
@@ -88,6 +89,10 @@ class DocumentCache(ICache):
 
     # -- the public API on the caller's key ----------------------------------------------
 
+    @overload
+    async def get(self, key: str, models: None = None) -> dict[str, Any] | None: ...
+    @overload
+    async def get(self, key: str, models: type[M]) -> M | None: ...
     async def get(self, key: str, models: type[M] | None = None) -> dict[str, Any] | M | None:
         return await self._get(self._address(key), models)
 
@@ -157,6 +162,10 @@ class UserCache(UserScopedCache):
             return self._keys.user(self.tenant_id, self.user_id)
         return self._keys.user_document(self.tenant_id, self.user_id, key)
 
+    @overload
+    async def get(self, key: str = PROFILE, models: None = None) -> dict[str, Any] | None: ...
+    @overload
+    async def get(self, key: str, models: type[M]) -> M | None: ...
     async def get(
         self, key: str = PROFILE, models: type[M] | None = None
     ) -> dict[str, Any] | M | None:
@@ -193,10 +202,10 @@ class TableCache(DocumentCache):
             return await self._set(self._row(table, None), pk_or_data, ttl)
         return await self._set(self._row(table, pk_or_data), data, ttl)
 
-    async def delete(self, table: str, pk: str | None = None) -> bool:  # type: ignore[override]
+    async def delete(self, table: str, pk: str | None = None) -> bool:
         return await self._store.delete(self._row(table, pk))
 
-    async def exists(self, table: str, pk: str | None = None) -> bool:  # type: ignore[override]
+    async def exists(self, table: str, pk: str | None = None) -> bool:
         return await self._store.exists(self._row(table, pk))
 
     async def get_field(  # type: ignore[override]
@@ -238,7 +247,7 @@ class TableCache(DocumentCache):
             return await self._append_to_list(self._row(table, None), a, b, ttl)
         return await self._append_to_list(self._row(table, a), b, c, ttl)
 
-    async def get_ttl(self, table: str, pk: str | None = None) -> int:  # type: ignore[override]
+    async def get_ttl(self, table: str, pk: str | None = None) -> int:
         return await self._store.get_ttl(self._row(table, pk))
 
     async def set_ttl(  # type: ignore[override]

@@ -6,6 +6,7 @@ per webhook. Backends keep their connections and locks process-wide.
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Self
 
@@ -15,15 +16,13 @@ from parley.cache.keys import KeyFactory, escape_id
 from parley.cache.settings import CacheKind, CacheSettings
 from parley.cache.store import Store
 
-_env_settings: CacheSettings | None = None
 
-
+@functools.cache
 def env_settings() -> CacheSettings:
-    """Settings read from the environment once per process."""
-    global _env_settings
-    if _env_settings is None:
-        _env_settings = CacheSettings()
-    return _env_settings
+    """The settings of a factory used on its own, as the caching spec's snippets do
+    (``RedisCacheFactory(tenant_id=...)``): read from the environment at first use, not
+    at import. An app's factory is bound to its app's settings (``configured``)."""
+    return CacheSettings()
 
 
 class CacheFactory(ABC):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from pydantic import BaseModel
 
@@ -18,6 +18,10 @@ class ICache(ABC):
     the cache's default TTL. Backend failures raise ``CacheUnavailableError``.
     """
 
+    @overload
+    async def get(self, key: str, models: None = None) -> dict[str, Any] | None: ...
+    @overload
+    async def get(self, key: str, models: type[M]) -> M | None: ...
     @abstractmethod
     async def get(self, key: str, models: type[M] | None = None) -> dict[str, Any] | M | None:
         """The document (as ``models`` if given), or ``None`` when missing."""

@@ -23,6 +23,7 @@ from typing import ClassVar
 
 import orjson
 from filelock import FileLock, Timeout
+
 from parley.cache.errors import CacheUnavailableError
 from parley.cache.factory import CacheFactory
 from parley.cache.settings import CacheKind

@@ -34,7 +34,7 @@ async def evalsha(
     """EVALSHA of a registered ``Script``, loading it on NOSCRIPT (after SCRIPT FLUSH or a
     restart). ``Script.__call__`` does the same but measured ~13 µs slower per call."""
     try:
-        return await client.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[no-any-return]
+        return await client.evalsha(script.sha, len(keys), *keys, *args)
     except NoScriptError:
         script.sha = await client.script_load(script.script)
-        return await client.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[no-any-return]
+        return await client.evalsha(script.sha, len(keys), *keys, *args)

@@ -14,21 +14,22 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import ClassVar, TypeVar
+from typing import ClassVar, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
-from parley.cache.codec import Fields
-from parley.cache.errors import CacheArgumentError, CacheTypeError, CacheUnavailableError
-from parley.cache.factory import CacheFactory
-from parley.cache.lua import evalsha, lua
-from parley.cache.settings import CacheKind, CacheSettings
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
+
+from parley.cache.codec import Fields
+from parley.cache.errors import CacheArgumentError, CacheTypeError, CacheUnavailableError
+from parley.cache.factory import CacheFactory
+from parley.cache.lua import evalsha, lua
+from parley.cache.settings import CacheKind, CacheSettings
 
 T = TypeVar("T")
 MARKER = b"\x00"  # the field that keeps an empty document in existence (see _ttl.lua)
@@ -142,7 +143,9 @@ class RedisStore:
         return await self._call(key, field, lambda client: evalsha(client, script, [key], args))
 
     async def get(self, key: str) -> Fields | None:
-        raw = await self._call(key, None, lambda client: client.hgetall(key))
+        raw = cast(
+            "dict[bytes, bytes]", await self._call(key, None, lambda client: client.hgetall(key))
+        )
         if not raw:
             return None
         return {field.decode(): value for field, value in raw.items() if field != MARKER}
@@ -160,7 +163,9 @@ class RedisStore:
         return bool(await self._call(key, None, lambda client: client.exists(key)))
 
     async def get_field(self, key: str, field: str) -> bytes | None:
-        return await self._call(key, field, lambda client: client.hget(key, field))
+        return cast(
+            "bytes | None", await self._call(key, field, lambda client: client.hget(key, field))
+        )
 
     async def set_field(
         self, key: str, field: str, value: bytes, ttl: int | None, default_ttl: int | None
@@ -188,7 +193,7 @@ class RedisStore:
             repr(increment),
             "1" if is_float else "0",
         )
-        return orjson.loads(text)  # type: ignore[arg-type]
+        return cast("int | float", orjson.loads(text))  # type: ignore[arg-type]
 
     async def append_to_list(
         self, key: str, field: str, value: bytes, ttl: int | None, default_ttl: int | None

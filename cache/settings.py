@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field
@@ -43,4 +43,4 @@ class CacheSettings(BaseSettings):
         return explicit or with_db(self.redis_url, DEFAULT_DB[kind])
 
     def default_ttl(self, kind: CacheKind) -> int | None:
-        return getattr(self, f"{kind}_cache_ttl")
+        return cast("int | None", getattr(self, f"{kind}_cache_ttl"))

@@ -17,13 +17,14 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import orjson
+from redis.asyncio import Redis
+
 from parley.cache.lua import evalsha, lua
 from parley.wire.envelope import Envelope
 from parley.wire.keys import REPLAY_LOG, queue_name, seen_key
 from parley.wire.messages import celery_message
 from parley.wire.partition import partition_for
 from parley.workers.settings import Settings
-from redis.asyncio import Redis
 
 #: Sends one envelope to its partition queue through Celery (``parley.workers.celery``)
 Publish = Callable[[Envelope], object]

@@ -19,16 +19,17 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI
-from parley.ingress.accept import Accept, Acceptor, Publish
-from parley.ingress.metrics import IngressMetrics
-from parley.workers.settings import Settings
-from parley.workers.webhook import InvalidWebhook, split_delivery
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+
+from parley.ingress.accept import Accept, Acceptor, Publish
+from parley.ingress.metrics import IngressMetrics
+from parley.workers.settings import Settings
+from parley.workers.webhook import InvalidWebhook, split_delivery
 
 log = logging.getLogger("parley.ingress")
 

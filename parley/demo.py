@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import httpx
 import orjson
 
 from parley.asgi import create_ingress
 from parley.cache.redis import close_pools
-from parley.examples.pizza import app as pizza
 from parley.ingress.accept import MemoryAcceptor
 from parley.testing import FakeGraphAPI, delivery, sign, text_message
 from parley.wire.keys import queue_name
@@ -46,10 +46,15 @@ REPLY_WAIT = 30.0
 async def run_demo(redis_url: str | None) -> int:
     from celery.contrib.testing.worker import start_worker
 
+    from parley.examples.pizza import PizzaOrderHandler  # builds its app: not at import
+
     backend = "redis" if redis_url else "memory"
     with FakeGraphAPI(token=TOKEN) as graph:
+        connection: dict[str, Any] = (
+            {"redis_url": redis_url} if redis_url else {"broker_url": "memory://localhost/"}
+        )
         settings = Settings(
-            **({"redis_url": redis_url} if redis_url else {"broker_url": "memory://localhost/"}),
+            **connection,
             partitions=4,
             whatsapp_token=TOKEN,
             whatsapp_phone_id=TENANT,
@@ -57,7 +62,7 @@ async def run_demo(redis_url: str | None) -> int:
             whatsapp_api_base=graph.url,
         )
         runtime = Runtime(
-            ParleyApp(pizza.handler, settings, backend),
+            ParleyApp(PizzaOrderHandler(), settings, backend),
             node="demo@parley",
             pipeline=None if redis_url else MemoryPipelineStore(),
         )

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis
@@ -75,7 +75,10 @@ def select(
     """The matching entries, oldest first, read in chunks."""
     start = since
     while True:
-        chunk = client.xrange(stream, start, until, count=CHUNK)
+        chunk = cast(
+            "list[tuple[bytes, dict[bytes, bytes]]]",
+            client.xrange(stream, start, until, count=CHUNK),
+        )
         for raw_id, raw in chunk:
             fields = {k.decode(): v.decode() for k, v in raw.items()}
             envelope = Envelope.from_json(orjson.loads(fields["envelope"]))

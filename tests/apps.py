@@ -10,7 +10,8 @@ import asyncio
 import os
 import time
 
-from workers import WappaBuilder, WappaEventHandler, Webhook
+from parley import WappaBuilder, WappaEventHandler, Webhook
+from parley.wire.partition import partition_for
 
 
 class RecordingHandler(WappaEventHandler):
@@ -36,21 +37,6 @@ class RecordingHandler(WappaEventHandler):
 
 
 recording = WappaBuilder().with_redis_cache().with_event_handler(RecordingHandler()).build()
-
-
-class BenchHandler(WappaEventHandler):
-    """The pipeline benchmark's handler: four cache operations per webhook."""
-
-    async def handle_message(self, webhook: Webhook) -> None:
-        from examples.pizza import PizzaOrder
-
-        await self.state_cache.get("pizza_order", models=PizzaOrder)
-        await self.user_cache.set_field("profile", "last_seen", webhook.message_id)
-        await self.user_cache.increment_field("profile", "message_count")
-        await self.user_cache.append_to_list("history", "ids", webhook.message_id)
-
-
-bench = WappaBuilder().with_redis_cache().with_event_handler(BenchHandler()).build()
 
 
 class LedgerHandler(WappaEventHandler):
@@ -84,24 +70,20 @@ poison = WappaBuilder().with_redis_cache().with_event_handler(PoisonHandler()).b
 
 
 class ChaosHandler(WappaEventHandler):
-    """Each run appends ``[seq, node, partition, start, end]`` to the user's state in
-    ONE atomic operation, after a few milliseconds of "work": overlapping runs of one
+    """Each run appends ``[seq, worker pid, partition, start, end]`` to the user's state
+    in ONE atomic operation, after a few milliseconds of "work": overlapping runs of one
     partition on two nodes would show up as overlapping intervals."""
 
     async def handle_message(self, webhook: Webhook) -> None:
-        from workers.partition import partition_for
-        from workers.tasks import get_runtime
-
-        runtime = get_runtime()
         started = time.time()
         await asyncio.sleep(0.003)
         partition = partition_for(
-            webhook.tenant_id, webhook.user.user_id, runtime.settings.partitions
+            webhook.tenant_id, webhook.user.user_id, chaos.settings.partitions
         )
         await self.state_cache.append_to_list(
             "chaos",
             "runs",
-            [int(webhook.get_message_text()), runtime.node, partition, started, time.time()],
+            [int(webhook.get_message_text()), os.getpid(), partition, started, time.time()],
         )
 
 

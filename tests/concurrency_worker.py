@@ -6,8 +6,8 @@ import asyncio
 from multiprocessing.synchronize import Barrier
 from typing import Any
 
-from cache import create_cache_factory
-from cache.redis import close_pools
+from parley.cache import create_cache_factory
+from parley.cache.redis import close_pools
 
 DOC = "shared"
 

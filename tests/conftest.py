@@ -6,11 +6,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cache import CacheFactory, create_cache_factory
-from cache.memory import MemoryCacheFactory
-from cache.redis import close_pools
-from tests.fake_graph import FakeGraphAPI
-from tests.redis_server import RedisServer
+from parley.cache import CacheFactory, create_cache_factory
+from parley.cache.memory import MemoryCacheFactory
+from parley.cache.redis import close_pools
+from parley.testing import FakeGraphAPI, RedisServer
 
 BACKENDS = ["memory", "json", "redis"]
 
@@ -56,12 +55,12 @@ async def factory(
 @pytest.fixture
 def ingress(redis_url: str) -> Iterator[httpx.Client]:
     """The ingress app served over real HTTP on the tests' redis-server."""
-    from ingress.app import create_app
+    from parley.asgi import create_ingress
+    from tests.helpers import make_settings
     from tests.http_server import ServedApp
-    from tests.test_ingress import make_settings
 
     with (
-        ServedApp(create_app(make_settings(redis_url))) as served,
+        ServedApp(create_ingress(make_settings(redis_url))) as served,
         httpx.Client(base_url=served.url) as client,
     ):
         yield client

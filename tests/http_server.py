@@ -8,7 +8,7 @@ from typing import Any
 
 import uvicorn
 
-from tests.redis_server import free_port
+from parley.testing import free_port
 
 
 class ServedApp:

@@ -10,11 +10,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from cache import CacheUnavailableError, ICache, create_cache_factory
-from cache.json_files import JSONCacheFactory
-from cache.memory import MemoryCacheFactory, MemoryStore
-from cache.redis import close_pools
-from tests.redis_server import RedisServer, free_port
+from parley.cache import CacheUnavailableError, ICache, create_cache_factory
+from parley.cache.json_files import JSONCacheFactory
+from parley.cache.memory import MemoryCacheFactory, MemoryStore
+from parley.cache.redis import close_pools
+from parley.testing import RedisServer, free_port
 
 TENANT, USER = "hotel123", "1234567890"
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from cache import create_cache_factory
-from cache.redis import close_pools
+from parley.cache import create_cache_factory
+from parley.cache.redis import close_pools
 from tests import concurrency_worker
 
 PROCESSES = 8

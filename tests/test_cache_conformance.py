@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, Field
 
-from cache import (
+from parley.cache import (
     CacheArgumentError,
     CacheArgumentTypeError,
     CacheError,
@@ -221,7 +221,7 @@ async def test_default_ttl_applies_on_create_only(
     users = factory(tenant_id=TENANT, user_id=USER).create_user_cache()
     await users.set("profile", {"x": 1})
     assert await users.get_ttl("profile") == -1
-    from cache.redis import close_pools
+    from parley.cache.redis import close_pools
 
     await close_pools()
 
@@ -462,7 +462,7 @@ async def test_hostile_ids_never_collide_or_escape(
 
 async def document_count(factory: type[CacheFactory], cache_dir: Path) -> int:
     if factory.backend == "memory":
-        from cache.memory import MemoryCacheFactory
+        from parley.cache.memory import MemoryCacheFactory
 
         return sum(len(store) for store in MemoryCacheFactory.stores.values())
     if factory.backend == "json":

@@ -26,15 +26,12 @@ import yaml
 from celery import Celery
 from pydantic import AliasChoices
 
-from tests.fake_graph import FakeGraphAPI
-from tests.payloads import delivery, text_message
-from tests.redis_server import RedisServer, free_port
-from tests.test_ingress import sign
-from tests.test_workers_e2e import wait_for
-from workers.builder import ParleyApp, load_app
-from workers.cli import main
-from workers.leases import holders, live_nodes
-from workers.settings import Settings
+from parley.cli import main
+from parley.testing import FakeGraphAPI, RedisServer, delivery, free_port, text_message
+from parley.workers.builder import ParleyApp, load_app
+from parley.workers.leases import holders, live_nodes
+from parley.workers.settings import Settings
+from tests.helpers import sign, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -75,7 +72,7 @@ PARTITIONS = 16
 
 
 def settings_env_names() -> set[str]:
-    """Every environment variable ``workers.settings.Settings`` reads."""
+    """Every environment variable ``parley.workers.settings.Settings`` reads."""
     names = set()
     for field_name, field in Settings.model_fields.items():
         alias = field.validation_alias
@@ -134,7 +131,7 @@ def flower_options() -> frozenset[str]:
     ``celery -A workers flower -- --help`` (plain ``--help`` shows click's only, and Flower
     silently drops options it does not know, so a typo would go unnoticed)."""
     done = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "workers", "flower", "--", "--help"],
+        [sys.executable, "-m", "celery", "-A", "parley.workers", "flower", "--", "--help"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -146,12 +143,12 @@ def flower_options() -> frozenset[str]:
 
 
 def check_flower(argv: list[str]) -> dict[str, str]:
-    """A ``celery -A workers flower --opt=value ...`` line: ``workers`` exposes the Celery
-    app and every option is one of Flower's. Returns the options."""
-    assert argv[:4] == ["celery", "-A", "workers", "flower"], argv
-    import workers
+    """A ``celery -A parley.workers flower --opt=value ...`` line: Celery finds the app
+    there (as ``-A`` does) and every option is one of Flower's. Returns the options."""
+    assert argv[:4] == ["celery", "-A", "parley.workers", "flower"], argv
+    from celery.app.utils import find_app
 
-    assert isinstance(workers.celery, Celery)
+    assert isinstance(find_app("parley.workers"), Celery)
     options = {}
     for arg in argv[4:]:
         assert arg.startswith("--") and "=" in arg, f"write flower options as --name=value: {arg}"
@@ -324,7 +321,7 @@ def test_dockerfile() -> None:
 
         project = tomllib.loads((ROOT / "pyproject.toml").read_text())
         needed = {"pyproject.toml", project["project"]["readme"]}
-        needed |= set(project["tool"]["setuptools"]["packages"])
+        needed |= set(project["tool"]["setuptools"]["package-dir"].values())  # the folders
         assert needed <= copied, needed - copied
         assert ".env" not in copied
 
@@ -419,7 +416,7 @@ def test_procfile_under_honcho_serves_a_pizza_conversation(tmp_path: Path) -> No
                 "PARLEY_REDIS_URL": server.url,
                 "PARLEY_PARTITIONS": str(PARTITIONS),
                 "PARLEY_LEASE_TTL": "2",
-                "PARLEY_APP": "examples.pizza:app",
+                "PARLEY_APP": "parley.examples.pizza:app",
                 "WHATSAPP_TOKEN": "t",
                 "WHATSAPP_API_BASE": graph.url,
                 "WHATSAPP_APP_SECRET": "secret",

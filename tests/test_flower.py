@@ -14,9 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fake_graph import FakeGraphAPI
-from tests.redis_server import RedisServer, free_port
-from tests.test_workers_e2e import PARTITIONS, Pipeline, wait_for
+from parley.testing import FakeGraphAPI, RedisServer, free_port
+from tests.helpers import PARTITIONS, Pipeline, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 AUTH = ("admin", "flower-test-password")
@@ -29,7 +28,7 @@ def flower(redis_url: str, redis_server: RedisServer, tmp_path: Path) -> Iterato
     log = (tmp_path / "flower.log").open("wb")
     process = subprocess.Popen(
         [
-            *(sys.executable, "-m", "celery", "-A", "workers", "flower"),
+            *(sys.executable, "-m", "celery", "-A", "parley.workers", "flower"),
             f"--port={port}",
             "--address=127.0.0.1",
         ],

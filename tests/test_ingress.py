@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -15,55 +14,25 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingress.accept import REPLAY_LOG, celery_message
-from ingress.app import create_app
+from parley.asgi import create_ingress
+from parley.testing import PHONE_ID, RedisServer, delivery, envelope, text_message
+from parley.wire.keys import REPLAY_LOG, queue_name
+from parley.wire.messages import celery_message
+from parley.wire.partition import partition_for
+from parley.workers.celery import create_celery, publish
+from parley.workers.settings import Settings
+from tests.helpers import (
+    PARTITIONS,
+    VERIFY,
+    make_settings,
+    pipeline_keys,
+    queued,
+    sign,
+    users_in_two_partitions,
+    wait_for,
+)
 from tests.http_server import ServedApp
-from tests.payloads import PHONE_ID, delivery, envelope, text_message
-from tests.redis_server import RedisServer
-from tests.test_workers_e2e import PARTITIONS, wait_for
 from tests.worker_process import WorkerProcess
-from workers.partition import partition_for, queue_name
-from workers.settings import Settings, set_settings
-from workers.tasks import configure_celery, publish
-
-SECRET = "app-secret"
-VERIFY = "verify-me"
-
-
-def sign(body: bytes, secret: str = SECRET) -> dict[str, str]:
-    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return {"X-Hub-Signature-256": f"sha256={digest}", "Content-Type": "application/json"}
-
-
-def make_settings(url: str, **overrides: Any) -> Settings:
-    return Settings(
-        redis_url=url,
-        partitions=PARTITIONS,
-        whatsapp_app_secret=SECRET,
-        whatsapp_verify_token=VERIFY,
-        max_body_bytes=64 * 1024,
-        **overrides,
-    )
-
-
-def pipeline_keys(server: RedisServer) -> int:
-    return server.client(3).dbsize()
-
-
-def queued(server: RedisServer) -> dict[int, int]:
-    broker = server.client(3)
-    return {k: n for k in range(PARTITIONS) if (n := broker.llen(queue_name(k)))}
-
-
-def users_in_two_partitions() -> tuple[str, str]:
-    first = "51900000001"
-    n = 2
-    while partition_for(PHONE_ID, f"519{n:08d}", PARTITIONS) == partition_for(
-        PHONE_ID, first, PARTITIONS
-    ):
-        n += 1
-    return first, f"519{n:08d}"
-
 
 # -- verification -------------------------------------------------------------------------
 
@@ -87,7 +56,7 @@ def test_verification_handshake(ingress: httpx.Client) -> None:
 
 def test_refuses_to_start_without_a_secret(redis_url: str) -> None:
     with pytest.raises(RuntimeError, match="WHATSAPP_APP_SECRET"):
-        create_app(Settings(redis_url=redis_url))
+        create_ingress(Settings(redis_url=redis_url))
 
 
 # -- accepting ------------------------------------------------------------------------------
@@ -164,16 +133,28 @@ def test_bad_input_is_refused_and_nothing_recorded(
 
 
 def test_message_has_celerys_own_shape(redis_url: str, redis_server: RedisServer) -> None:
+    """The message the ingress pushes itself (written out in parley.wire.messages,
+    without Celery) is the one Celery's own publish puts on the queue, field by field
+    (only the random ids and the sender's name differ)."""
     settings = make_settings(redis_url)
-    configure_celery(settings)
     env = envelope("51900000009", "hi")
-    partition = publish(env, settings)
+    partition = publish(create_celery(settings), env, PARTITIONS)
     theirs = json.loads(redis_server.client(3).lpop(queue_name(partition)))
     ours = json.loads(celery_message(env, queue_name(partition)))
-    assert ours.keys() == theirs.keys()
-    assert ours["headers"].keys() == theirs["headers"].keys()
-    assert ours["properties"]["delivery_info"] == theirs["properties"]["delivery_info"]
-    assert ours["headers"]["argsrepr"] == theirs["headers"]["argsrepr"]
+    # per message: random ids and the sender (Celery: gen<pid>@host, the ingress: parley@host);
+    # reply_to: Celery's app id, for results (Parley keeps none; ours is empty)
+    differ = {"id", "root_id", "correlation_id", "delivery_tag", "origin", "reply_to"}
+    for part in ("headers", "properties"):
+        assert ours[part].keys() == theirs[part].keys(), part
+        for name in ours[part].keys() - differ:
+            assert ours[part][name] == theirs[part][name], (part, name)
+    assert ours["headers"]["id"] == ours["headers"]["root_id"]
+    assert ours["properties"]["correlation_id"] == ours["headers"]["id"]
+    for name in ours.keys() - {"headers", "properties", "body"}:
+        assert ours[name] == theirs[name], name
+    assert json.loads(base64.b64decode(ours["body"])) == json.loads(
+        base64.b64decode(theirs["body"])
+    )
 
 
 def test_health(ingress: httpx.Client) -> None:
@@ -224,9 +205,11 @@ def test_outage_answers_503_then_the_retry_is_processed_once(tmp_path: Path) -> 
     server = RedisServer().start()
     try:
         settings = make_settings(server.url)
-        set_settings(settings)
         body = orjson.dumps(delivery([text_message("51977777777", "7")]))
-        with ServedApp(create_app(settings)) as served, httpx.Client(base_url=served.url) as client:
+        with (
+            ServedApp(create_ingress(settings)) as served,
+            httpx.Client(base_url=served.url) as client,
+        ):
             server.stop()
             for _ in range(3):
                 assert client.post("/webhook", content=body, headers=sign(body)).status_code == 503
@@ -361,7 +344,7 @@ async def test_concurrent_deliveries_share_round_trips_and_still_dedup(
         for n in range(60)
     ]
     bodies += bodies[:10]  # the same deliveries again, concurrently with the first
-    with ServedApp(create_app(make_settings(redis_url))) as served:
+    with ServedApp(create_ingress(make_settings(redis_url))) as served:
         async with httpx.AsyncClient(base_url=served.url) as client:
             responses = await asyncio.gather(
                 *(client.post("/webhook", content=b, headers=sign(b)) for b in bodies)
@@ -379,11 +362,9 @@ def test_broker_elsewhere_publishes_through_celery(
     """With the broker in another DB the script only dedups and logs, and the ingress
     publishes with Celery; a second delivery of the same ids enqueues nothing."""
     settings = make_settings(redis_url, broker_url=f"{redis_url}/5")
-    set_settings(settings)
-    configure_celery(settings)
     first, second = users_in_two_partitions()
     body = orjson.dumps(delivery([text_message(first, "a"), text_message(second, "b")]))
-    with ServedApp(create_app(settings)) as served, httpx.Client(base_url=served.url) as client:
+    with ServedApp(create_ingress(settings)) as served, httpx.Client(base_url=served.url) as client:
         for expected in ({"accepted": 2, "duplicates": 0}, {"accepted": 0, "duplicates": 2}):
             response = client.post("/webhook", content=body, headers=sign(body))
             assert response.status_code == 200 and response.json() == expected

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.fake_graph import FakeGraphAPI
-from workers.messenger import MessengerError, MessengerTransientError, WhatsAppMessenger
+from parley.testing import FakeGraphAPI
+from parley.workers.messenger import MessengerError, MessengerTransientError, WhatsAppMessenger
 
 TOKEN = "secret-token"
 

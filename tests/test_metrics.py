@@ -9,14 +9,18 @@ import httpx
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from ingress.app import create_app
-from tests.fake_graph import FakeGraphAPI
+from parley.asgi import create_ingress
+from parley.testing import PHONE_ID, FakeGraphAPI, RedisServer, delivery, text_message
+from parley.wire.partition import partition_for
+from tests.helpers import (
+    PARTITIONS,
+    Pipeline,
+    make_settings,
+    sign,
+    users_in_two_partitions,
+    wait_for,
+)
 from tests.http_server import ServedApp
-from tests.payloads import PHONE_ID, delivery, text_message
-from tests.redis_server import RedisServer
-from tests.test_ingress import make_settings, sign, users_in_two_partitions
-from tests.test_workers_e2e import PARTITIONS, Pipeline, wait_for
-from workers.partition import partition_for
 
 
 def scrape(client: httpx.Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -49,7 +53,7 @@ def test_metrics_count_deliveries_depths_owners_and_handler_runs(
         delivery([text_message(user_a, "1"), text_message(user_b, "1"), text_message(user_a, "2")])
     )
     with (
-        ServedApp(create_app(make_settings(redis_url))) as served,
+        ServedApp(create_ingress(make_settings(redis_url))) as served,
         httpx.Client(base_url=served.url) as client,
     ):
         assert client.post("/webhook", content=body, headers=sign(body)).status_code == 200

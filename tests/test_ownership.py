@@ -15,13 +15,11 @@ from typing import Any
 import orjson
 import redis
 
-from tests.fake_graph import FakeGraphAPI
-from tests.payloads import PHONE_ID
-from tests.redis_server import RedisServer
-from tests.test_replay import cli
-from tests.test_workers_e2e import Pipeline, wait_for
-from workers.leases import CHANGED, NODES, Leases, assignment, holders, lease_key
-from workers.partition import partition_for, queue_name
+from parley.testing import PHONE_ID, FakeGraphAPI, RedisServer
+from parley.wire.keys import NODES, OWNERSHIP_CHANNEL, lease_key, queue_name
+from parley.wire.partition import partition_for
+from parley.workers.leases import Leases, assignment, holders
+from tests.helpers import Pipeline, cli, wait_for
 
 PARTITIONS = 12
 
@@ -235,7 +233,7 @@ def test_a_node_never_runs_a_partition_whose_lease_another_node_holds(
         wait_for(lambda: "partition 4: stopped consuming" in node.log(), what="the cancel")
         assert broker.llen(queue_name(4)) == 1 and pipeline.seqs(user) == []
         broker.delete(lease_key(4))  # the intruder goes away
-        broker.publish(CHANGED, "released intruder")
+        broker.publish(OWNERSHIP_CHANNEL, "released intruder")
         wait_for(lambda: pipeline.seqs(user) == [1], what="the message, on the lease holder")
         assert owners(redis_server)[4] == f"fenced@{host()}"
     finally:
@@ -386,8 +384,9 @@ def test_chaos_sigkill_and_join_under_steady_load(
     repeats = sum(len(r) for r in runs.values()) - webhooks
     assert repeats <= 1  # at most the killed node's one in-flight webhook ran again
     assert overlaps(runs) == []  # no partition was ever run by two nodes at once
-    nodes = Counter(run[1] for user_runs in runs.values() for run in user_runs)
-    assert set(nodes) == {f"{n}@{host()}" for n in ("n1", "n2", "n3", "n4")}
+    names = {worker.process.pid: worker.node for worker in pipeline.workers}
+    nodes = Counter(names[run[1]] for user_runs in runs.values() for run in user_runs)
+    assert set(nodes) == {"n1", "n2", "n3", "n4"}
     after_kill = {run[2] for r in runs.values() for run in r if run[3] > killed_at + 0.5}
     assert after_kill == set(range(PARTITIONS))  # the killed node's partitions moved on
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.redis_server import RedisServer
+from parley.testing import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,7 +34,7 @@ CONVERSATION = """\
 
 def demo(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "workers", "demo", *args],
+        [sys.executable, "-m", "parley", "demo", *args],
         capture_output=True,
         text=True,
         timeout=120,

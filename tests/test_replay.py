@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,31 +13,15 @@ import httpx
 import orjson
 import pytest
 
-from ingress.accept import Acceptor
-from tests.payloads import PHONE_ID, delivery, envelope, text_message
-from tests.redis_server import RedisServer
-from tests.test_ingress import make_settings, sign
-from tests.test_workers_e2e import PARTITIONS, wait_for
+from parley.ingress.accept import Acceptor
+from parley.replay import stream_bound
+from parley.testing import PHONE_ID, RedisServer, delivery, envelope, text_message
+from parley.wire.keys import DEAD_LETTERS, REPLAY_LOG, queue_name
+from parley.workers.celery import create_celery, publish
+from tests.helpers import PARTITIONS, cli, make_settings, sign, wait_for
 from tests.worker_process import WorkerProcess
-from workers.partition import queue_name
-from workers.pipeline import DEAD_LETTERS, REPLAY_LOG
-from workers.replay import stream_bound
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def cli(server: RedisServer, *args: str, partitions: int = PARTITIONS) -> str:
-    """``parley ARGS`` against the tests' server; its stdout."""
-    result = subprocess.run(
-        [sys.executable, "-m", "workers", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PARLEY_REDIS_URL": server.url, "PARLEY_PARTITIONS": str(partitions)},
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
 
 
 def queues(server: RedisServer) -> dict[int, list[dict]]:
@@ -153,13 +134,9 @@ def test_dead_letters_replay_after_the_fix(
     worker.wait_ready()
     try:
         settings = make_settings(redis_url)
-        from workers.settings import set_settings
-        from workers.tasks import configure_celery, publish
-
-        set_settings(settings)
-        configure_celery(settings)
+        celery = create_celery(settings)
         for text in ("fine 1", "poison 2", "always 3"):
-            publish(envelope("51950000001", text), settings)
+            publish(celery, envelope("51950000001", text), PARTITIONS)
         dead = redis_server.client(3)
         wait_for(lambda: dead.xlen(DEAD_LETTERS) == 2, what="two dead letters")
         listing = cli(redis_server, "dead", "list")

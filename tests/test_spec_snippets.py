@@ -15,8 +15,8 @@ from datetime import datetime
 import pytest
 from pydantic import BaseModel, Field, ValidationError
 
-from cache import CacheFactory, ICache, KeyFactory, create_cache_factory
-from workers import WappaEventHandler
+from parley import WappaEventHandler
+from parley.cache import CacheFactory, ICache, KeyFactory, create_cache_factory
 
 TENANT, USER = "hotel123", "1234567890"
 
@@ -350,9 +350,9 @@ async def test_factory_system(redis_url: str, tmp_path) -> None:  # type: ignore
         await user_cache.set("profile", {"b": backend})
         await table_cache.set("products", "pizza_large", {"b": backend})
         assert await state_cache.get("pizza_order") == {"step": backend}
-    from cache.json_files import JSONCacheFactory
-    from cache.memory import MemoryCacheFactory
-    from cache.redis import RedisCacheFactory, close_pools
+    from parley.cache.json_files import JSONCacheFactory
+    from parley.cache.memory import MemoryCacheFactory
+    from parley.cache.redis import RedisCacheFactory, close_pools
 
     for cls in (RedisCacheFactory, JSONCacheFactory, MemoryCacheFactory):
         assert issubclass(create_cache_factory(cls.backend), cls)
@@ -497,7 +497,7 @@ async def test_error_handling_snippet(factory: type[CacheFactory]) -> None:
 
 
 async def test_error_handling_snippet_sees_backend_failure() -> None:
-    from tests.redis_server import free_port
+    from parley.testing import free_port
 
     handler = SafeHandler(create_cache_factory("redis", redis_url=f"redis://127.0.0.1:{free_port()}"))
     await handler.safe_cache_operation(Webhook())  # the spec's except branch runs

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from tests.payloads import PHONE_ID, delivery, text_message
-from workers import Envelope, Webhook, split_delivery
-from workers.webhook import InvalidWebhook, mask_user_id
+from parley.testing import PHONE_ID, delivery, text_message
+from parley.wire.envelope import Envelope, mask_user_id
+from parley.workers.webhook import InvalidWebhook, Webhook, split_delivery
 
 USER = "16315551181"
 

@@ -6,96 +6,15 @@ from __future__ import annotations
 import base64
 import json
 import re
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
-from tests.fake_graph import FakeGraphAPI
-from tests.payloads import PHONE_ID, envelope
-from tests.redis_server import RedisServer
-from tests.worker_process import WorkerProcess
-from workers.partition import partition_for, queue_name
-from workers.pipeline import DEAD_LETTERS
-from workers.settings import Settings, set_settings
-from workers.tasks import configure_celery, publish
-
-PARTITIONS = 8
-TOKEN = "test-token"
-CONTROL = f"{PHONE_ID}:df:control"  # the recording app's table document for the tests
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what or predicate}")
-        time.sleep(0.05)
-
-
-class Pipeline:
-    """The test's view of a running deployment."""
-
-    def __init__(self, server: RedisServer, tmp_path: Path, graph: FakeGraphAPI, **env: str):
-        self.server = server
-        self.tmp_path = tmp_path
-        self.env = {
-            "PARLEY_REDIS_URL": server.url,
-            "PARLEY_PARTITIONS": str(PARTITIONS),
-            "PARLEY_RETRY_BACKOFF": "0.05",
-            "PARLEY_RETRY_BACKOFF_MAX": "0.5",
-            "WHATSAPP_TOKEN": TOKEN,
-            "WHATSAPP_API_BASE": graph.url,
-            **env,
-        }
-        self.settings = Settings(
-            redis_url=server.url,
-            **{
-                "partitions": PARTITIONS,
-                **{
-                    k.removeprefix("PARLEY_").lower(): v
-                    for k, v in env.items()
-                    if k.startswith("PARLEY_") and "CACHE_URL" not in k
-                },
-            },
-        )
-        set_settings(self.settings)
-        configure_celery(self.settings)
-        self.workers: list[WorkerProcess] = []
-
-    def start_worker(self, app: str, partitions: str, node: str) -> WorkerProcess:
-        worker = WorkerProcess(app, partitions, self.env, self.tmp_path, node)
-        self.workers.append(worker)
-        return worker.wait_ready()
-
-    def publish(self, user: str, text: str) -> int:
-        return publish(envelope(user, text), self.settings)
-
-    def seqs(self, user: str, cache_server: RedisServer | None = None) -> list[int]:
-        raw = (cache_server or self.server).client(1).hget(f"{PHONE_ID}:state:seen:{user}", "seqs")
-        return orjson.loads(raw) if raw else []
-
-    def runs(self) -> list[list[Any]]:
-        raw = self.server.client(2).hget(f"{PHONE_ID}:df:runs", "log")
-        return orjson.loads(raw) if raw else []
-
-    def wait_blocked(self) -> None:
-        """Until the handler of a ``"<seq> block"`` message (tests/apps.py) has started."""
-        control = self.server.client(2)
-        wait_for(lambda: control.hget(CONTROL, "started"), what="the blocking handler's start")
-
-    def release_blocked(self) -> None:
-        self.server.client(2).hset(CONTROL, "release", b"true")
-
-    def close(self) -> None:
-        for worker in self.workers:
-            worker.stop()
+from parley.testing import PHONE_ID, FakeGraphAPI, RedisServer
+from parley.wire.keys import DEAD_LETTERS, queue_name
+from parley.wire.partition import partition_for
+from tests.helpers import PARTITIONS, Pipeline, wait_for
 
 
 @pytest.fixture
@@ -148,7 +67,7 @@ def test_two_nodes_keep_every_users_order(pipeline: Pipeline) -> None:
 
 
 def test_pizza_conversations_through_real_workers(pipeline: Pipeline, graph: FakeGraphAPI) -> None:
-    pipeline.start_worker("examples.pizza:app", "0-7", "pizza")
+    pipeline.start_worker("parley.examples.pizza:app", "0-7", "pizza")
     users = ["51911111111", "51922222222", "51933333333"]
     script = ["hi", "large", "pepperoni,mushrooms", "yes"]
     for text in script:

@@ -8,10 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.payloads import PHONE_ID, delivery, envelope, text_message
-from workers import WappaBuilder, WappaEventHandler, Webhook, split_delivery
-from workers.pipeline import DEAD_LETTERS
-from workers.tasks import Runtime
+from parley import WappaBuilder, WappaEventHandler, Webhook
+from parley.testing import PHONE_ID, delivery, envelope, text_message
+from parley.wire.keys import DEAD_LETTERS
+from parley.workers.runtime import Runtime
+from parley.workers.webhook import split_delivery
 
 
 class Probe(WappaEventHandler):

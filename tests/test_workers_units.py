@@ -7,16 +7,17 @@ import sys
 
 import pytest
 
-from workers import ParleyApp, WappaBuilder, WappaEventHandler
-from workers.builder import load_app
-from workers.partition import parse_partitions, partition_for, queue_name
-from workers.settings import Settings
+from parley import ParleyApp, WappaBuilder, WappaEventHandler
+from parley.wire.keys import queue_name
+from parley.wire.partition import parse_partitions, partition_for
+from parley.workers.builder import load_app
+from parley.workers.settings import Settings
 
 
 def test_partition_is_stable_across_processes() -> None:
     here = [partition_for("106540352242922", f"5190000{n:04d}", 16) for n in range(50)]
     code = (
-        "from workers.partition import partition_for;"
+        "from parley.wire.partition import partition_for;"
         "print([partition_for('106540352242922', f'5190000{n:04d}', 16) for n in range(50)])"
     )
     there = subprocess.run(
@@ -77,8 +78,8 @@ def test_builder_as_in_the_spec(tmp_path) -> None:  # type: ignore[no-untyped-de
 
 
 def test_load_app_errors() -> None:
-    assert isinstance(load_app("examples.pizza:app"), ParleyApp)
+    assert isinstance(load_app("parley.examples.pizza:app"), ParleyApp)
     with pytest.raises(ValueError, match="MODULE:ATTR"):
-        load_app("examples.pizza")
+        load_app("parley.examples.pizza")
     with pytest.raises(TypeError, match="not a ParleyApp"):
-        load_app("examples.pizza:SIZES")
+        load_app("parley.examples.pizza:SIZES")

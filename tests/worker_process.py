@@ -14,7 +14,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 class WorkerProcess:
     def __init__(
-        self, app: str, partitions: str, env: dict[str, str], log_dir: Path, node: str
+        self,
+        app: str,
+        partitions: str,
+        env: dict[str, str],
+        log_dir: Path,
+        node: str,
+        cwd: Path = ROOT,
     ) -> None:
         self.node = node
         self.log_path = log_dir / f"{node}.log"
@@ -23,7 +29,7 @@ class WorkerProcess:
             [
                 sys.executable,
                 "-m",
-                "workers",
+                "parley",
                 "worker",
                 "--app",
                 app,
@@ -32,7 +38,7 @@ class WorkerProcess:
                 "--node",
                 node,
             ],
-            cwd=ROOT,
+            cwd=cwd,
             env={**os.environ, **env},
             stdout=self._log,
             stderr=subprocess.STDOUT,

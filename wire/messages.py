@@ -17,6 +17,7 @@ import uuid
 from typing import Any
 
 import orjson
+
 from parley.wire.envelope import Envelope, mask_user_id
 
 #: The one task every Parley message runs
@@ -81,6 +82,9 @@ def celery_message(envelope: Envelope, queue: str) -> bytes:
             "properties": {
                 "correlation_id": task_id,
                 "reply_to": "",
+                # send_task also copies these two options here; kept for an identical message
+                "argsrepr": task_repr(envelope),
+                "kwargsrepr": "{}",
                 "delivery_mode": 2,
                 "delivery_info": {"exchange": "", "routing_key": queue},
                 "priority": 0,

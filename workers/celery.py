@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
+
 from parley.wire.envelope import Envelope
 from parley.wire.keys import DEFAULT_QUEUE, queue_name
 from parley.wire.messages import TASK_NAME, task_repr, task_shadow

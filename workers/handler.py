@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from parley.cache import ICache
+from parley.cache import ICache, TableCache
 
 if TYPE_CHECKING:
     from parley.workers.messenger import WhatsAppMessenger
@@ -25,7 +25,7 @@ class WappaEventHandler:
 
     state_cache: ICache
     user_cache: ICache
-    table_cache: ICache
+    table_cache: TableCache
     messenger: WhatsAppMessenger
     logger: logging.Logger | logging.LoggerAdapter[Any]
 

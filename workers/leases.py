@@ -18,8 +18,10 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Iterable
+from typing import cast
 
 import redis
+
 from parley.cache.lua import lua
 from parley.wire.keys import NODES, OWNERSHIP_CHANNEL, lease_key
 
@@ -107,9 +109,8 @@ class Leases:
 
 def live_nodes(client: redis.Redis) -> dict[str, float]:
     """Live nodes and when (epoch seconds) each one's heartbeat runs out."""
-    return {
-        _text(node): score / 1000 for node, score in client.zrange(NODES, 0, -1, withscores=True)
-    }
+    scored = cast("list[tuple[bytes, float]]", client.zrange(NODES, 0, -1, withscores=True))
+    return {_text(node): score / 1000 for node, score in scored}
 
 
 def holders(client: redis.Redis, partitions: int) -> list[str | None]:

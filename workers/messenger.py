@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -107,7 +107,8 @@ class WhatsAppMessenger:
                 return min(self.backoff_max, max(0.0, float(retry_after)))
             except ValueError:
                 pass
-        return min(self.backoff_max, self.backoff_base * 2**attempt) * random.uniform(0.5, 1.0)
+        delay: float = min(self.backoff_max, self.backoff_base * 2**attempt)  # int ** int: Any
+        return delay * random.uniform(0.5, 1.0)
 
     async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         url = f"{self.api_base}/{self.api_version}/{self.phone_id}/messages"
@@ -122,7 +123,7 @@ class WhatsAppMessenger:
                 delay = self._backoff(attempt, None)
             else:
                 if response.status_code < 400:
-                    return response.json()
+                    return cast("dict[str, Any]", response.json())
                 if response.status_code != 429 and response.status_code < 500:
                     raise MessengerError.from_response(response)
                 if attempt >= self.max_retries:

@@ -27,6 +27,7 @@ from typing import Any
 
 import redis
 from celery import Celery, bootsteps, signals
+
 from parley.wire.keys import NODES, OWNERSHIP_CHANNEL, queue_name
 from parley.workers import private_api
 from parley.workers.leases import Leases, assignment
@@ -264,7 +265,8 @@ def install(app: Celery, coordinator: Coordinator) -> None:
     """Run the coordinator inside this Celery app's worker consumer: it needs the
     consumer's task queues and its event loop."""
 
-    class OwnershipStep(bootsteps.StartStopStep):
+    # celery has no type hints, so StartStopStep is Any to mypy
+    class OwnershipStep(bootsteps.StartStopStep):  # type: ignore[misc]
         name = "parley.ownership"
         requires = ("celery.worker.consumer.tasks:Tasks",)
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import orjson
+from redis.asyncio import Redis
+
 from parley.cache.lua import evalsha, lua
 from parley.wire.envelope import Envelope
 from parley.wire.keys import DEAD_LETTERS, LATENCY, done_key, inflight_key, lease_key
-from redis.asyncio import Redis
 
 #: Upper bounds of the handler-latency histogram's buckets, in seconds
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -129,7 +130,7 @@ class RedisPipelineStore:
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
     async def in_flight(self, partition: int) -> InFlight | None:
-        record = await self.client.hgetall(inflight_key(partition))
+        record = cast("dict[bytes, bytes]", await self.client.hgetall(inflight_key(partition)))
         if not record:
             return None
         return InFlight(

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import redis
+
 from parley.cache.lua import lua
 
 #: kombu's Redis transport: the hash of unacked messages (delivery tag → [message,
@@ -86,7 +87,7 @@ def restore_unacked(broker: redis.Redis, queue: str) -> int:
     visibility timeout, behind everything newer. Reads kombu's ``unacked`` hash
     (tag → JSON ``[message, exchange, routing_key]``) and ``unacked_index``.
     """
-    tags = broker.zrange(UNACKED_INDEX, 0, -1)  # oldest first
+    tags = cast("list[bytes]", broker.zrange(UNACKED_INDEX, 0, -1))  # oldest first
     if not tags:
         return 0
     ours = [

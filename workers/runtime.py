@@ -18,6 +18,9 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
 from parley.cache import CacheUnavailableError
 from parley.cache.redis import close_pools
 from parley.wire.envelope import Envelope, mask_user_id
@@ -33,8 +36,6 @@ from parley.workers.pipeline import (
     RedisPipelineStore,
 )
 from parley.workers.webhook import Webhook
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 log = logging.getLogger("parley.worker")
 

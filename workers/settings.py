@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from parley.cache.settings import CacheSettings, with_db
 from pydantic import AliasChoices, Field, field_validator, model_validator
+
+from parley.cache.settings import CacheSettings, with_db
 
 PIPELINE_DB = 3
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import orjson
-from parley.wire.envelope import Envelope, Kind
 from pydantic import BaseModel, ConfigDict
+
+from parley.wire.envelope import Envelope, Kind
 
 
 class InvalidWebhook(ValueError):
@@ -256,7 +257,7 @@ class Webhook(BaseModel):
     @property
     def message(self) -> dict[str, Any]:
         messages = self.raw.get("messages") or [{}]
-        return messages[0]
+        return cast("dict[str, Any]", messages[0])
 
     def get_message_text(self) -> str:
         """The text a person typed or chose; "" when there is none. Never raises."""

@@ -1,0 +1,33 @@
+"""The app the pipeline and scaling benchmarks load with
+``python -m parley worker --app bench.apps:bench``: four cache operations per webhook."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, Field
+
+from parley import WappaBuilder, WappaEventHandler, Webhook
+
+
+class Order(BaseModel):
+    """A conversation's state, shaped like a small order flow's."""
+
+    step: str = "start"
+    size: str | None = None
+    toppings: list[str] = []
+    total: float = 0.0
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+class BenchHandler(WappaEventHandler):
+    """The pipeline benchmark's handler: four cache operations per webhook."""
+
+    async def handle_message(self, webhook: Webhook) -> None:
+        await self.state_cache.get("order", models=Order)
+        await self.user_cache.set_field("profile", "last_seen", webhook.message_id)
+        await self.user_cache.increment_field("profile", "message_count")
+        await self.user_cache.append_to_list("history", "ids", webhook.message_id)
+
+
+bench = WappaBuilder().with_redis_cache().with_event_handler(BenchHandler()).build()

@@ -1,0 +1,151 @@
+"""What several test modules share: the deployment under test (``Pipeline``), polling
+with a deadline, signed deliveries and the CLI as a subprocess. Test modules import
+from here (and from ``parley.testing``), never from each other."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from parley.testing import PHONE_ID, FakeGraphAPI, RedisServer, envelope
+from parley.testing import sign as signed_headers
+from parley.wire.keys import queue_name
+from parley.wire.partition import partition_for
+from parley.workers.celery import create_celery, publish
+from parley.workers.settings import Settings
+from tests.worker_process import WorkerProcess
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what or predicate}")
+        time.sleep(0.05)
+
+
+PARTITIONS = 8
+TOKEN = "test-token"
+CONTROL = f"{PHONE_ID}:df:control"  # the recording app's table document for the tests
+
+
+class Pipeline:
+    """The test's view of a running deployment."""
+
+    def __init__(self, server: RedisServer, tmp_path: Path, graph: FakeGraphAPI, **env: str):
+        self.server = server
+        self.tmp_path = tmp_path
+        self.env = {
+            "PARLEY_REDIS_URL": server.url,
+            "PARLEY_PARTITIONS": str(PARTITIONS),
+            "PARLEY_RETRY_BACKOFF": "0.05",
+            "PARLEY_RETRY_BACKOFF_MAX": "0.5",
+            "WHATSAPP_TOKEN": TOKEN,
+            "WHATSAPP_API_BASE": graph.url,
+            **env,
+        }
+        self.settings = Settings(
+            redis_url=server.url,
+            **{
+                "partitions": PARTITIONS,
+                **{
+                    k.removeprefix("PARLEY_").lower(): v
+                    for k, v in env.items()
+                    if k.startswith("PARLEY_") and "CACHE_URL" not in k
+                },
+            },
+        )
+        self.celery = create_celery(self.settings)
+        self.workers: list[WorkerProcess] = []
+
+    def start_worker(self, app: str, partitions: str, node: str) -> WorkerProcess:
+        worker = WorkerProcess(app, partitions, self.env, self.tmp_path, node)
+        self.workers.append(worker)
+        return worker.wait_ready()
+
+    def publish(self, user: str, text: str) -> int:
+        return publish(self.celery, envelope(user, text), self.settings.partitions)
+
+    def seqs(self, user: str, cache_server: RedisServer | None = None) -> list[int]:
+        raw = (cache_server or self.server).client(1).hget(f"{PHONE_ID}:state:seen:{user}", "seqs")
+        return orjson.loads(raw) if raw else []
+
+    def runs(self) -> list[list[Any]]:
+        raw = self.server.client(2).hget(f"{PHONE_ID}:df:runs", "log")
+        return orjson.loads(raw) if raw else []
+
+    def wait_blocked(self) -> None:
+        """Until the handler of a ``"<seq> block"`` message (tests/apps.py) has started."""
+        control = self.server.client(2)
+        wait_for(lambda: control.hget(CONTROL, "started"), what="the blocking handler's start")
+
+    def release_blocked(self) -> None:
+        self.server.client(2).hset(CONTROL, "release", b"true")
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+
+SECRET = "app-secret"
+VERIFY = "verify-me"
+
+
+def sign(body: bytes, secret: str = SECRET) -> dict[str, str]:
+    return signed_headers(body, secret)
+
+
+def make_settings(url: str, **overrides: Any) -> Settings:
+    return Settings(
+        redis_url=url,
+        partitions=PARTITIONS,
+        whatsapp_app_secret=SECRET,
+        whatsapp_verify_token=VERIFY,
+        max_body_bytes=64 * 1024,
+        **overrides,
+    )
+
+
+def pipeline_keys(server: RedisServer) -> int:
+    return server.client(3).dbsize()
+
+
+def queued(server: RedisServer) -> dict[int, int]:
+    broker = server.client(3)
+    return {k: n for k in range(PARTITIONS) if (n := broker.llen(queue_name(k)))}
+
+
+def users_in_two_partitions() -> tuple[str, str]:
+    first = "51900000001"
+    n = 2
+    while partition_for(PHONE_ID, f"519{n:08d}", PARTITIONS) == partition_for(
+        PHONE_ID, first, PARTITIONS
+    ):
+        n += 1
+    return first, f"519{n:08d}"
+
+
+def cli(server: RedisServer, *args: str, partitions: int = PARTITIONS) -> str:
+    """``parley ARGS`` against the tests' server; its stdout."""
+    result = subprocess.run(
+        [sys.executable, "-m", "parley", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PARLEY_REDIS_URL": server.url, "PARLEY_PARTITIONS": str(partitions)},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
