@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -366,22 +367,31 @@ def test_chaos_sigkill_and_join_under_steady_load(
 
         wait_for(lambda: processed() >= webhooks // 4, timeout=120, what="a quarter")
         killed = pipeline.workers[1]
+        killed_as = f"{killed.node}@{host()}"
+        killed_partitions = {k for k, node in enumerate(owners(redis_server)) if node == killed_as}
         killed.kill()
         killed_at = time.time()
         wait_for(lambda: processed() >= webhooks // 2, timeout=120, what="half")
         pipeline.start_worker("tests.apps:chaos", "auto", "n4")
         publisher.join(timeout=120)
-        wait_for(lambda: processed() >= webhooks, timeout=300, what="every webhook")
+        lost = settle(redis_server, processed, webhooks)
     finally:
         pipeline.close()
 
     runs = chaos_runs(redis_server, users)
+    missing = []
     for user in users:
         seqs = [run[0] for run in runs[user]]
         deduped = [seq for seq, _ in itertools.groupby(seqs)]
-        assert deduped == list(range(len(deduped))), user  # in order
-        assert len(deduped) == sum(1 for u, _ in messages if u == user)  # all of them
-    repeats = sum(len(r) for r in runs.values()) - webhooks
+        sent = [seq for u, seq in messages if u == user]
+        missing += [(user, seq) for seq in sent if seq not in deduped]
+        assert deduped == [seq for seq in sent if seq in deduped], user  # in order
+    # all of them, but for what the README states can be lost: the one message a BRPOP
+    # had taken off its queue when its node was SIGKILLed (a Redis-transport property)
+    assert len(missing) == lost <= 1, missing
+    for user, _ in missing:
+        assert partition_for(PHONE_ID, user, PARTITIONS) in killed_partitions, missing
+    repeats = sum(len(r) for r in runs.values()) - (webhooks - lost)
     assert repeats <= 1  # at most the killed node's one in-flight webhook ran again
     assert overlaps(runs) == []  # no partition was ever run by two nodes at once
     names = {worker.process.pid: worker.node for worker in pipeline.workers}
@@ -389,6 +399,33 @@ def test_chaos_sigkill_and_join_under_steady_load(
     assert set(nodes) == {"n1", "n2", "n3", "n4"}
     after_kill = {run[2] for r in runs.values() for run in r if run[3] > killed_at + 0.5}
     assert after_kill == set(range(PARTITIONS))  # the killed node's partitions moved on
+
+
+def settle(server: RedisServer, processed: Callable[[], int], webhooks: int) -> int:
+    """Wait until every webhook is done, or until all queues are empty with nothing
+    unacked or in flight for a few seconds; returns how many never ran."""
+    broker = server.client(3)
+
+    def idle() -> bool:
+        return (
+            not any(broker.llen(queue_name(k)) for k in range(PARTITIONS))
+            and not broker.hlen("unacked")
+            and not list(broker.scan_iter("parley:inflight:*"))
+        )
+
+    deadline = time.monotonic() + 300
+    idle_since: float | None = None
+    while (done := processed()) < webhooks:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{done} of {webhooks} webhooks done")
+        if idle():
+            idle_since = idle_since or time.monotonic()
+            if time.monotonic() - idle_since > 5:
+                return webhooks - done
+        else:
+            idle_since = None
+        time.sleep(0.1)
+    return 0
 
 
 def test_the_overlap_check_catches_a_naive_deployment(
