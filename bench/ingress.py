@@ -26,7 +26,7 @@ import orjson
 from parley.testing import RedisServer, delivery, free_port, sign, text_message
 
 ROOT = Path(__file__).resolve().parent.parent
-SECRET = "bench-secret"
+SECRET = "bench-3f8a0c6e9d21b7"
 LUA = """
 local threads = 0
 function setup(thread)

@@ -47,6 +47,8 @@ class Acceptor:
     """
 
     BATCH = 64
+    #: envelopes in one script call at most
+    CHUNK = 256
 
     def __init__(self, client: Redis, settings: Settings, publish: Publish | None = None) -> None:
         self.client = client
@@ -55,7 +57,7 @@ class Acceptor:
         if not self.one_round_trip and publish is None:
             raise ValueError("a broker other than the pipeline DB needs a Celery publisher")
         self.publish = publish
-        self._accept = client.register_script(lua("parley.ingress", "accept"))
+        self._script = client.register_script(lua("parley.ingress", "accept"))
         self._pending: list[tuple[list[str], list[Any], asyncio.Future[list[str | None]]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -83,9 +85,15 @@ class Acceptor:
 
     async def accept(self, envelopes: list[Envelope]) -> list[str | None]:
         """Per envelope its replay-log id, or None for a duplicate. Raises on backend
-        failure, having marked nothing as seen."""
-        if not envelopes:
-            return []
+        failure. A large delivery goes in several script calls of at most ``CHUNK``
+        envelopes, so no one call holds Redis long; if a later one fails, the earlier
+        ones stay accepted and Meta's retry finds them as duplicates."""
+        ids: list[str | None] = []
+        for start in range(0, len(envelopes), self.CHUNK):
+            ids += await self._accept(envelopes[start : start + self.CHUNK])
+        return ids
+
+    async def _accept(self, envelopes: list[Envelope]) -> list[str | None]:
         keys, args = self._script_args(envelopes)
         if not self.one_round_trip:
             return await self._accept_then_publish(envelopes, keys, args)
@@ -97,14 +105,20 @@ class Acceptor:
 
     async def _flush(self) -> None:
         while self._pending:
-            batch, self._pending = self._pending[: self.BATCH], self._pending[self.BATCH :]
+            taken, envelopes = 0, 0  # at most BATCH deliveries and about CHUNK envelopes
+            while taken < min(self.BATCH, len(self._pending)) and (
+                taken == 0 or envelopes + len(self._pending[taken][0]) // 2 <= self.CHUNK
+            ):
+                envelopes += len(self._pending[taken][0]) // 2
+                taken += 1
+            batch, self._pending = self._pending[:taken], self._pending[taken:]
             keys: list[str] = [REPLAY_LOG]
             args: list[Any] = [self.settings.dedup_ttl, *self._retention()]
             for batch_keys, batch_args, _ in batch:
                 keys += batch_keys
                 args += batch_args
             try:
-                ids = await evalsha(self.client, self._accept, keys, args)
+                ids = await evalsha(self.client, self._script, keys, args)
             except Exception as exc:
                 for _, _, future in batch:
                     if not future.done():
@@ -125,7 +139,7 @@ class Acceptor:
         keys = [REPLAY_LOG, *keys]
         args = [self.settings.dedup_ttl, *self._retention(), *args]
         ids = [
-            i.decode() if i else None for i in await evalsha(self.client, self._accept, keys, args)
+            i.decode() if i else None for i in await evalsha(self.client, self._script, keys, args)
         ]
         try:
             for envelope, log_id in zip(envelopes, ids, strict=True):

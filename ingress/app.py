@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -22,13 +23,14 @@ from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 from redis.asyncio import Redis
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from parley.ingress.accept import Accept, Acceptor, Publish
 from parley.ingress.metrics import IngressMetrics
-from parley.workers.settings import Settings
+from parley.wire.envelope import printable
+from parley.workers.settings import Settings, weak_secret
 from parley.workers.webhook import InvalidWebhook, split_delivery
 
 log = logging.getLogger("parley.ingress")
@@ -43,6 +45,32 @@ def signature_ok(secret: bytes, body: bytes, header: str | None) -> bool:
     return hmac.compare_digest(expected, (header or "").encode())
 
 
+class BodyBudget:
+    """Bytes of request bodies held at once by this process, all requests together: a
+    flood of large unsigned uploads cannot buffer more than ``limit`` before the HMAC
+    check rejects them."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    def give_back(self, size: int) -> None:
+        self.held -= size
+
+
+def is_loopback(host: str | None) -> bool:
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def create_app(
     settings: Settings,
     *,
@@ -51,19 +79,37 @@ def create_app(
     publish: Publish | None = None,
     collectors: Iterable[Collector] = (),
 ) -> FastAPI:
-    """The ingress. ``acceptor`` replaces Redis (``parley demo`` with no service);
-    ``publish`` sends through Celery when the broker is not the pipeline DB;
-    ``collectors`` add to ``/metrics`` (the pipeline's state, ``parley.metrics``)."""
-    secret = settings.whatsapp_app_secret.encode()
+    """The ingress. ``skip_signature`` is for local development without an app secret
+    (``parley ingress --insecure-skip-signature``); ``acceptor`` replaces Redis
+    (``parley demo`` with no service); ``publish`` sends through Celery when the broker
+    is not the pipeline DB; ``collectors`` add to ``/metrics`` (``parley.metrics``)."""
+    secret = settings.whatsapp_app_secret.get_secret_value().encode()
+    if skip_signature and secret:
+        raise RuntimeError(
+            "WHATSAPP_APP_SECRET is set: webhooks are verified with it "
+            "(--insecure-skip-signature is only for development without a secret)"
+        )
     if not secret and not skip_signature:
         raise RuntimeError(
             "WHATSAPP_APP_SECRET is not set: the ingress will not accept unsigned webhooks "
             "(for local development only: parley ingress --insecure-skip-signature)"
         )
+    if secret and (problem := weak_secret("WHATSAPP_APP_SECRET", secret.decode())):
+        raise RuntimeError(problem)
+    verify_token = settings.whatsapp_verify_token.get_secret_value().encode()
+    if verify_token and (
+        problem := weak_secret("WHATSAPP_VERIFY_TOKEN", verify_token.decode(), length=False)
+    ):
+        raise RuntimeError(problem)
+    metrics_token = (
+        settings.metrics_token.get_secret_value().encode() if settings.metrics_token else b""
+    )
     if skip_signature:
         log.warning("!!! WEBHOOK SIGNATURES ARE NOT CHECKED: anyone can post to this ingress !!!")
 
     metrics = IngressMetrics(collectors)
+    reading = asyncio.Semaphore(settings.max_concurrent_deliveries)
+    budget = BodyBudget(settings.max_buffered_bytes)
 
     def refuse(status: int, reason: str, error: str) -> Response:
         metrics.refused(reason)
@@ -83,28 +129,58 @@ def create_app(
 
     async def verify(request: Request) -> Response:
         params = request.query_params
-        token = settings.whatsapp_verify_token.encode()
         given = params.get("hub.verify_token", "").encode()
         if (
             params.get("hub.mode") == "subscribe"
-            and token
-            and hmac.compare_digest(token, given)
+            and verify_token
+            and hmac.compare_digest(verify_token, given)
             and "hub.challenge" in params
         ):
             return PlainTextResponse(params["hub.challenge"])
         return PlainTextResponse("forbidden", status_code=403)
 
-    async def receive(request: Request) -> Response:
-        started = time.perf_counter()
+    async def read_body(request: Request) -> bytes | Response:
+        """The body, within the size limit, the shared byte budget and the deadline."""
+        limit = settings.max_body_bytes
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > settings.max_body_bytes:
-            return refuse(413, "too_large", f"body over {settings.max_body_bytes} bytes")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > settings.max_body_bytes:
-                return refuse(413, "too_large", f"body over {settings.max_body_bytes} bytes")
-        raw = bytes(body)
+        if declared.isdigit() and int(declared) > limit:
+            return refuse(413, "too_large", f"body over {limit} bytes")
+        chunks: list[bytes] = []
+        held = 0
+        try:
+            async with asyncio.timeout(settings.body_timeout):
+                async for chunk in request.stream():
+                    if held + len(chunk) > limit:
+                        return refuse(413, "too_large", f"body over {limit} bytes")
+                    if not budget.take(len(chunk)):
+                        return refuse(503, "busy", "too many deliveries at once; retry")
+                    chunks.append(chunk)
+                    held += len(chunk)
+        except TimeoutError:
+            return refuse(408, "slow_body", f"body not received within {settings.body_timeout}s")
+        except ClientDisconnect:
+            metrics.refused("disconnected")
+            return Response(status_code=400)  # nobody is listening
+        finally:
+            budget.give_back(held)
+        return b"".join(chunks)
+
+    async def receive(request: Request) -> Response:
+        try:  # a burst waits for a slot; its bodies stay unread in the sockets meanwhile
+            async with asyncio.timeout(settings.body_timeout):
+                await reading.acquire()
+        except TimeoutError:
+            return refuse(503, "busy", "too many deliveries at once; retry")
+        try:
+            return await receive_one(request)
+        finally:
+            reading.release()
+
+    async def receive_one(request: Request) -> Response:
+        started = time.perf_counter()
+        raw = await read_body(request)
+        if isinstance(raw, Response):
+            return raw
         if not skip_signature and not signature_ok(
             secret, raw, request.headers.get("x-hub-signature-256")
         ):
@@ -115,20 +191,34 @@ def create_app(
         except orjson.JSONDecodeError:
             return refuse(400, "not_json", "body is not JSON")
         try:
-            envelopes = split_delivery(payload, received_at=time.time())
+            envelopes = split_delivery(
+                payload, received_at=time.time(), max_events=settings.max_envelopes_per_delivery
+            )
         except InvalidWebhook as exc:
             return refuse(400, "not_whatsapp", f"not a WhatsApp webhook: {exc}")
         except Exception as exc:  # shapes split_delivery did not foresee: still the sender's fault
             log.warning("delivery refused: malformed (%s)", type(exc).__name__)
             return refuse(400, "malformed", "malformed WhatsApp webhook")
+        if settings.allowed_phone_ids and any(
+            e.tenant_id not in settings.allowed_phone_ids for e in envelopes
+        ):
+            return refuse(403, "phone_id_not_allowed", "phone number id not served here")
+        for envelope in envelopes:
+            try:
+                size = len(orjson.dumps(envelope.payload))
+            except orjson.JSONEncodeError:  # e.g. nested deeper than JSON output allows
+                return refuse(400, "malformed", "malformed WhatsApp webhook")
+            if size > settings.max_envelope_bytes:
+                return refuse(
+                    400, "too_large", f"one event over {settings.max_envelope_bytes} bytes"
+                )
         try:
             ids = await request.app.state.acceptor.accept(envelopes)
         except Exception as exc:
             log.error(
-                "delivery outcome=unavailable envelopes=%d error=%s: %s",
+                "delivery outcome=unavailable envelopes=%d error=%s",
                 len(envelopes),
                 type(exc).__name__,
-                exc,
             )
             metrics.deliveries.labels("unavailable", type(exc).__name__).inc()
             return _answer(503, error="temporarily unavailable; retry")
@@ -141,12 +231,18 @@ def create_app(
             len(envelopes),
             accepted,
             len(ids) - accepted,
-            ",".join(e.event_id for e in envelopes),
+            ",".join(printable(e.event_id) for e in envelopes[:20]),
             (time.perf_counter() - started) * 1000,
         )
         return _answer(200, accepted=accepted, duplicates=len(ids) - accepted)
 
-    app = FastAPI(title="Parley ingress", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="Parley ingress",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,  # nothing to document to the internet
+    )
     app.router.routes.insert(0, Route("/webhook", receive, methods=["POST"]))
     app.router.routes.insert(0, Route("/webhook", verify, methods=["GET"]))
 
@@ -155,7 +251,15 @@ def create_app(
         return {"status": "alive"}
 
     @app.get("/metrics")
-    async def metrics_page() -> Response:
+    async def metrics_page(request: Request) -> Response:
+        if metrics_token:
+            given = request.headers.get("authorization", "").removeprefix("Bearer ").encode()
+            if not hmac.compare_digest(metrics_token, given):
+                return PlainTextResponse("forbidden", status_code=403)
+        elif not is_loopback(request.client.host if request.client else None):
+            return PlainTextResponse(
+                "forbidden: set PARLEY_METRICS_TOKEN to scrape from elsewhere", status_code=403
+            )
         # the pipeline collector reads Redis synchronously: off the event loop
         page = await asyncio.to_thread(generate_latest, metrics.registry)
         return Response(page, media_type=CONTENT_TYPE_LATEST)

@@ -5,17 +5,12 @@ so each uvicorn worker process builds its own app when it starts)."""
 
 from __future__ import annotations
 
-import os
-
 from fastapi import FastAPI
 
 from parley.ingress.accept import Accept, Publish
 from parley.ingress.app import create_app
 from parley.metrics import PipelineCollector
 from parley.workers.settings import Settings
-
-#: Set by ``parley ingress --insecure-skip-signature`` for its uvicorn workers
-INSECURE_ENV = "PARLEY_INSECURE_SKIP_SIGNATURE"
 
 
 def celery_publisher(settings: Settings) -> Publish | None:
@@ -46,4 +41,7 @@ def create_ingress(
 
 
 def from_environment() -> FastAPI:
-    return create_ingress(Settings(), skip_signature=os.environ.get(INSECURE_ENV) == "1")
+    """What each ``parley ingress`` process serves. Signatures are always checked here:
+    only the explicit ``--insecure-skip-signature`` flag, on loopback and in one
+    process, serves an app without (no environment variable can)."""
+    return create_ingress(Settings())

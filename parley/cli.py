@@ -46,26 +46,63 @@ def ingress(
 ) -> None:
     """The webhook endpoint (uvicorn serving parley.asgi:from_environment)."""
     import uvicorn
+    from pydantic import ValidationError
 
-    from parley.asgi import INSECURE_ENV, create_ingress
+    from parley.asgi import create_ingress
+    from parley.ingress.app import is_loopback
     from parley.workers.settings import Settings
 
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
-    if insecure_skip_signature:
-        os.environ[INSECURE_ENV] = "1"
+    if insecure_skip_signature and not is_loopback(host):
+        raise click.UsageError(
+            "--insecure-skip-signature serves only on loopback: add --host 127.0.0.1"
+        )
+    if insecure_skip_signature and processes != 1:
+        raise click.UsageError("--insecure-skip-signature runs one process: drop --workers")
     try:  # fail before binding, not in each uvicorn worker
-        create_ingress(Settings(), skip_signature=insecure_skip_signature)
+        app = create_ingress(Settings(), skip_signature=insecure_skip_signature)
+    except ValidationError as exc:
+        raise click.UsageError(settings_error(exc)) from None
     except RuntimeError as exc:
         raise click.UsageError(str(exc)) from None
     uvicorn.run(
-        "parley.asgi:from_environment",
-        factory=True,
+        # unsigned: this very app object, in this process; signed: each worker process
+        # builds its own from the environment, where signatures are always checked
+        app if insecure_skip_signature else "parley.asgi:from_environment",
+        factory=not insecure_skip_signature,
         host=host,
         port=port,
         workers=processes,
         log_level=log_level,
         access_log=False,
     )
+
+
+@main.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+)
+@click.option("--port", default=5555, show_default=True, type=int)
+@click.option(
+    "--address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Where Flower listens; anything but loopback belongs behind a TLS proxy.",
+)
+@click.argument("flower_options", nargs=-1, type=click.UNPROCESSED)
+def flower(port: int, address: str, flower_options: tuple[str, ...]) -> None:
+    """Flower on the pipeline's broker, behind basic auth from FLOWER_BASIC_AUTH
+    (user:password, required; Flower reads it from the environment)."""
+    import sys
+
+    from parley.workers.settings import weak_secret
+
+    user, _, password = os.environ.get("FLOWER_BASIC_AUTH", "").partition(":")
+    if not user or not password:
+        raise click.UsageError("FLOWER_BASIC_AUTH is not set: give it as user:password")
+    if problem := weak_secret("the FLOWER_BASIC_AUTH password", password):
+        raise click.UsageError(problem)
+    command = [sys.executable, "-m", "celery", "-A", "parley.workers", "flower"]
+    os.execv(sys.executable, [*command, f"--port={port}", f"--address={address}", *flower_options])
 
 
 @main.command()
@@ -89,8 +126,13 @@ def worker(app_path: str, partitions: str, node: str | None, loglevel: str) -> N
     from parley.workers.runtime import Runtime
 
     logging.basicConfig(level=loglevel.upper(), format=LOG_FORMAT)
+    from parley.workers.settings import weak_secret
+
     app = load_app(app_path)
     settings = app.settings
+    token = settings.whatsapp_token.get_secret_value()
+    if token and (problem := weak_secret("WHATSAPP_TOKEN", token, length=False)):
+        raise click.UsageError(problem)
     name = node or f"parley-{os.getpid()}"
     runtime = Runtime(app, node=f"{name}@{socket.gethostname()}")
     celery_app = create_celery(settings, runtime.handle)
@@ -156,13 +198,25 @@ def _join_as_auto_node(runtime: Any, celery_app: Any) -> None:
     install(celery_app, coordinator)
 
 
+def settings_error(exc: Any) -> str:
+    """A pydantic ValidationError of the settings in one line, naming each field and
+    never its value (it may be a secret)."""
+    problems = "; ".join(
+        f"{'.'.join(map(str, error['loc'])) or 'settings'}: {error['msg']}"
+        for error in exc.errors(include_input=False, include_url=False)
+    )
+    return f"invalid settings: {problems}"
+
+
 def _console() -> Any:
-    """Rich output; wide when piped, so tables are not cut to 80 columns."""
+    """Rich output; wide when piped, so tables are not cut to 80 columns. No markup or
+    emoji codes: the cells hold ids from payloads, which must print as they are."""
     import sys
 
     from rich.console import Console
 
-    return Console() if sys.stdout.isatty() else Console(width=200)
+    width = None if sys.stdout.isatty() else 200
+    return Console(width=width, markup=False, emoji=False, highlight=False)
 
 
 def _pipeline_client() -> tuple[Any, Any]:

@@ -15,6 +15,7 @@ an in-memory pipeline store. With ``--redis URL`` the same runs on that Redis
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from typing import Any
 
@@ -33,7 +34,7 @@ from parley.workers.runtime import Runtime
 from parley.workers.settings import Settings
 
 TENANT = "15550000000"
-SECRET = "demo-app-secret"
+SECRET = secrets.token_hex(16)  # a new app secret for each run
 TOKEN = "demo-token"
 CONVERSATIONS = {
     "15550001": ["hi", "large", "pepperoni,mushrooms", "yes"],

@@ -72,7 +72,7 @@ def test_builder_as_in_the_spec(tmp_path) -> None:  # type: ignore[no-untyped-de
     assert isinstance(memory, ParleyApp) and memory.cache_factory.backend == "memory"
     assert json_app.cache_factory.backend == "json"
     assert json_app.settings.json_cache_dir == tmp_path
-    assert redis_app.settings.whatsapp_app_secret == "s"
+    assert redis_app.settings.whatsapp_app_secret.get_secret_value() == "s"
     assert redis_app.cache_factory.settings.url_for("user") == "redis://localhost:6390/0"
     assert isinstance(redis_app.handler, WappaEventHandler)
 

@@ -42,3 +42,11 @@ def mask_user_id(user_id: str) -> str:
         return ""
     shown = 4 if len(user_id) > 6 else 0
     return "*" * (len(user_id) - shown) + user_id[len(user_id) - shown :]
+
+
+def printable(text: str) -> str:
+    """``text`` safe for one log line: control characters (CR, LF, ESC…) shown escaped.
+    Ids are validated at the ingress; this guards what came in before, or by replay."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)

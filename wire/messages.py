@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from parley.wire.envelope import Envelope, mask_user_id
+from parley.wire.envelope import Envelope, mask_user_id, printable
 
 #: The one task every Parley message runs
 TASK_NAME = "parley.handle"
@@ -27,7 +27,7 @@ ORIGIN = f"parley@{socket.gethostname()}"
 
 def task_repr(envelope: Envelope) -> str:
     """What Flower and logs show of a task: ids, never message text."""
-    return (
+    return printable(
         f"tenant={envelope.tenant_id} user={mask_user_id(envelope.user_id)} "
         f"{envelope.kind}={envelope.event_id}" + (" replay" if envelope.replay_id else "")
     )

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import random
 from typing import Any, cast
+from urllib.parse import quote
 
 import httpx
 
@@ -111,7 +112,8 @@ class WhatsAppMessenger:
         return delay * random.uniform(0.5, 1.0)
 
     async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
-        url = f"{self.api_base}/{self.api_version}/{self.phone_id}/messages"
+        # the phone number id comes from a webhook: one path segment, whatever it holds
+        url = f"{self.api_base}/{self.api_version}/{quote(self.phone_id, safe='')}/messages"
         headers = {"Authorization": f"Bearer {self.token}"}
         attempt = 0
         while True:

@@ -86,7 +86,7 @@ class Runtime:
             Redis.from_url(self.settings.pipeline), self.settings.done_ttl
         )
         self.messenger = WhatsAppMessenger(
-            self.settings.whatsapp_token,
+            self.settings.whatsapp_token.get_secret_value(),
             self.settings.whatsapp_phone_id,
             api_base=self.settings.whatsapp_api_base,
             api_version=self.settings.whatsapp_api_version,

@@ -6,9 +6,11 @@ or the CLI) and handed to what needs it; nothing reads the environment at import
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
 
 from parley.cache.settings import CacheSettings, with_db
 
@@ -17,6 +19,11 @@ UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 class Settings(CacheSettings):
+    # a bad value is named, never echoed: it may be a token
+    model_config = SettingsConfigDict(
+        env_prefix="PARLEY_", extra="ignore", populate_by_name=True, hide_input_in_errors=True
+    )
+
     broker_url: str | None = None
     pipeline_url: str | None = None
     #: Partition count; fixed for a deployment (changing it re-routes users).
@@ -26,6 +33,19 @@ class Settings(CacheSettings):
     visibility_timeout: int = Field(default=3600, gt=0)
     #: Ingress: the largest body accepted (Meta's largest payload is 3 MiB).
     max_body_bytes: int = Field(default=3 * 1024 * 1024, gt=0)
+    #: Ingress: deliveries read at once; more are answered 503 at once (Meta retries).
+    max_concurrent_deliveries: int = Field(default=64, gt=0)
+    #: Ingress: bytes of request bodies held in memory at once, all requests together;
+    #: a body that would go past it is answered 503. Bounds the ingress's memory.
+    max_buffered_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    #: Ingress: seconds a client may take to send its whole body (408 after).
+    body_timeout: float = Field(default=10.0, gt=0)
+    #: Ingress: messages + statuses + error blocks in one delivery (400 beyond).
+    max_envelopes_per_delivery: int = Field(default=1000, gt=0)
+    #: Ingress: the largest single event, as JSON (400 beyond).
+    max_envelope_bytes: int = Field(default=256 * 1024, gt=0)
+    #: Ingress: a bearer token for /metrics; unset, /metrics answers loopback clients only.
+    metrics_token: SecretStr | None = None
     #: Ingress: how long an accepted message/status id keeps a retry from being enqueued.
     dedup_ttl: int = Field(default=24 * 3600, gt=0)
     #: How long the replay log keeps accepted envelopes (e.g. 7d, 12h, or seconds).
@@ -47,20 +67,32 @@ class Settings(CacheSettings):
     #: every third of it.
     lease_ttl: float = Field(default=6.0, ge=0.5)
 
-    whatsapp_token: str = Field(default="", validation_alias=AliasChoices("WHATSAPP_TOKEN"))
+    whatsapp_token: SecretStr = Field(
+        default=SecretStr(""), validation_alias=AliasChoices("WHATSAPP_TOKEN")
+    )
     whatsapp_phone_id: str = Field(default="", validation_alias=AliasChoices("WHATSAPP_PHONE_ID"))
-    whatsapp_app_secret: str = Field(
-        default="", validation_alias=AliasChoices("WHATSAPP_APP_SECRET")
+    whatsapp_app_secret: SecretStr = Field(
+        default=SecretStr(""), validation_alias=AliasChoices("WHATSAPP_APP_SECRET")
     )
-    whatsapp_verify_token: str = Field(
-        default="", validation_alias=AliasChoices("WHATSAPP_VERIFY_TOKEN")
+    whatsapp_verify_token: SecretStr = Field(
+        default=SecretStr(""), validation_alias=AliasChoices("WHATSAPP_VERIFY_TOKEN")
     )
+    #: Phone number ids (tenants) this deployment answers for; empty: any. Deliveries
+    #: for another number are refused (403).
+    allowed_phone_ids: frozenset[str] = frozenset()
     whatsapp_api_base: str = Field(
         default="https://graph.facebook.com", validation_alias=AliasChoices("WHATSAPP_API_BASE")
     )
     whatsapp_api_version: str = Field(
         default="v21.0", validation_alias=AliasChoices("WHATSAPP_API_VERSION")
     )
+
+    @field_validator("allowed_phone_ids", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return frozenset(part.strip() for part in value.split(",") if part.strip())
+        return value
 
     @field_validator("replay_retention", mode="before")
     @classmethod
@@ -93,3 +125,20 @@ def parse_duration(text: str) -> timedelta:
     if text[-1:] in UNITS and text[:-1].isdigit():
         return timedelta(seconds=int(text[:-1]) * UNITS[text[-1]])
     raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 30m, 12h, 7d)")
+
+
+#: What example files and tutorials put where a secret goes
+PLACEHOLDER = re.compile(r"replace|change.?me|example|placeholder|your[-_ ]|xxx|secret$", re.I)
+#: The shortest secret accepted where Parley checks one (Meta's app secrets are 32 chars)
+MIN_SECRET_LENGTH = 16
+
+
+def weak_secret(name: str, value: str, *, length: bool = True) -> str | None:
+    """Why ``value`` must not be used as the secret ``name``, or None if it may (with
+    ``length``, it must also be long enough). The message names the variable, never
+    the value."""
+    if PLACEHOLDER.search(value):
+        return f"{name} is a placeholder (as in .env.example): set the real secret"
+    if length and len(value) < MIN_SECRET_LENGTH:
+        return f"{name} is shorter than {MIN_SECRET_LENGTH} characters: set the real secret"
+    return None

@@ -10,6 +10,7 @@ sent about it and nothing about other users.
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -32,16 +33,33 @@ def _require(mapping: Any, key: str, where: str, kind: type = dict) -> Any:
     return value
 
 
-def split_delivery(body: Any, received_at: float | None = None) -> list[Envelope]:
-    """One envelope per message, per status and per value-level ``errors`` block, in order."""
+#: Meta's phone number ids and WhatsApp ids (``from``, ``recipient_id``) are digits
+DIGITS = re.compile(r"[0-9]{1,32}")
+#: Message and status ids (``wamid.HBgL…=``): base64 and a few separators, nothing that
+#: could break a log line, a key, a URL or terminal markup
+EVENT_ID = re.compile(r"[A-Za-z0-9._=+/:-]{1,256}")
+STATUS = re.compile(r"[a-z_]{1,32}")
+#: Meta's metadata is a phone number and its id; anything much larger is not Meta's
+MAX_METADATA_BYTES = 1024
+
+
+def _checked(value: str, pattern: re.Pattern[str], where: str) -> str:
+    if not pattern.fullmatch(value):
+        raise InvalidWebhook(f"{where} is not a valid id")
+    return value
+
+
+def split_delivery(
+    body: Any, received_at: float | None = None, max_events: int | None = None
+) -> list[Envelope]:
+    """One envelope per message, per status and per value-level ``errors`` block, in order.
+    More than ``max_events`` of them is refused before any is built."""
     if not isinstance(body, dict):
         raise InvalidWebhook("body must be a JSON object")
     if body.get("object") != "whatsapp_business_account":
-        raise InvalidWebhook(
-            f"object must be 'whatsapp_business_account', got {body.get('object')!r}"
-        )
+        raise InvalidWebhook("object must be 'whatsapp_business_account'")
     received_at = received_at if received_at is not None else datetime.now(UTC).timestamp()
-    envelopes: list[Envelope] = []
+    values: list[tuple[dict[str, Any], str]] = []
     for i, entry in enumerate(_require(body, "entry", "body", list)):
         for j, change in enumerate(_require(entry, "changes", f"entry[{i}]", list)):
             where = f"entry[{i}].changes[{j}]"
@@ -49,33 +67,57 @@ def split_delivery(body: Any, received_at: float | None = None) -> list[Envelope
                 raise InvalidWebhook(f"{where} must be an object")
             if change.get("field") != "messages":
                 continue  # account updates, templates...: not conversation events
-            value = _require(change, "value", where)
-            envelopes += _split_value(value, f"{where}.value", received_at)
+            values.append((_require(change, "value", where), f"{where}.value"))
+    if max_events is not None:
+        events = sum(_event_count(value, where) for value, where in values)
+        if events > max_events:
+            raise InvalidWebhook(f"{events} events in one delivery (at most {max_events})")
+    envelopes: list[Envelope] = []
+    for value, where in values:
+        envelopes += _split_value(value, where, received_at)
     return envelopes
+
+
+def _event_count(value: dict[str, Any], where: str) -> int:
+    for name in ("messages", "statuses", "contacts"):
+        if not isinstance(value.get(name) or [], list):
+            raise InvalidWebhook(f"{where}.{name} must be a list")
+    return (
+        len(value.get("messages") or [])
+        + len(value.get("statuses") or [])
+        + (1 if value.get("errors") else 0)
+    )
 
 
 def _split_value(value: dict[str, Any], where: str, received_at: float) -> list[Envelope]:
     metadata = _require(value, "metadata", where)
-    tenant = _require(metadata, "phone_number_id", f"{where}.metadata", str)
-    if not tenant:
-        raise InvalidWebhook(f"{where}.metadata.phone_number_id is empty")
-    contacts = value.get("contacts") or []
-    base = {"messaging_product": value.get("messaging_product", "whatsapp"), "metadata": metadata}
-
-    def contacts_of(user: str) -> list[dict[str, Any]]:
-        return [c for c in contacts if isinstance(c, dict) and c.get("wa_id") == user]
-
-    for name in ("messages", "statuses", "contacts"):
-        if not isinstance(value.get(name) or [], list):
-            raise InvalidWebhook(f"{where}.{name} must be a list")
+    tenant = _checked(
+        _require(metadata, "phone_number_id", f"{where}.metadata", str),
+        DIGITS,
+        f"{where}.metadata.phone_number_id",
+    )
+    _event_count(value, where)  # the lists' types
+    if len(metadata) > 8 or len(orjson.dumps(metadata)) > MAX_METADATA_BYTES:
+        raise InvalidWebhook(f"{where}.metadata is larger than a WhatsApp number's")
+    display = metadata.get("display_phone_number")
+    base = {
+        "messaging_product": "whatsapp",
+        # only what Parley reads: a payload's other metadata is not copied per event
+        "metadata": {
+            "display_phone_number": display if isinstance(display, str) else "",
+            "phone_number_id": tenant,
+        },
+    }
+    contacts: dict[str, list[dict[str, Any]]] = {}
+    for contact in value.get("contacts") or []:
+        if isinstance(contact, dict) and isinstance(contact.get("wa_id"), str):
+            contacts.setdefault(contact["wa_id"], []).append(contact)
     out: list[Envelope] = []
     for k, message in enumerate(value.get("messages") or []):
         mwhere = f"{where}.messages[{k}]"
-        user = _require(message, "from", mwhere, str)
-        message_id = _require(message, "id", mwhere, str)
-        if not user or not message_id:
-            raise InvalidWebhook(f"{mwhere} has an empty 'from' or 'id'")
-        payload = {**base, "contacts": contacts_of(user), "messages": [message]}
+        user = _checked(_require(message, "from", mwhere, str), DIGITS, f"{mwhere}.from")
+        message_id = _checked(_require(message, "id", mwhere, str), EVENT_ID, f"{mwhere}.id")
+        payload = {**base, "contacts": contacts.get(user, []), "messages": [message]}
         out.append(
             Envelope(
                 tenant_id=tenant,
@@ -88,9 +130,11 @@ def _split_value(value: dict[str, Any], where: str, received_at: float) -> list[
         )
     for k, status in enumerate(value.get("statuses") or []):
         swhere = f"{where}.statuses[{k}]"
-        status_id = _require(status, "id", swhere, str)
-        state = _require(status, "status", swhere, str)
-        user = _require(status, "recipient_id", swhere, str)
+        status_id = _checked(_require(status, "id", swhere, str), EVENT_ID, f"{swhere}.id")
+        state = _checked(_require(status, "status", swhere, str), STATUS, f"{swhere}.status")
+        user = _checked(
+            _require(status, "recipient_id", swhere, str), DIGITS, f"{swhere}.recipient_id"
+        )
         out.append(
             Envelope(
                 tenant_id=tenant,
