@@ -1,5 +1,6 @@
 # Parley: one image for every role (ingress, worker, flower); the command picks the role.
-FROM python:3.11-slim
+# An exact tag, not a moving one: bump it on purpose (and rebuild) for Python's fixes.
+FROM python:3.11.14-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -9,13 +10,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # Only what `pip install .` needs: never the work tree's .env (secrets) or caches.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY parley ./parley
 COPY cache ./cache
 COPY wire ./wire
 COPY workers ./workers
 COPY ingress ./ingress
-RUN pip install . \
+# -c: the dependency versions the tests ran with and pip-audit checked (constraints.txt)
+RUN pip install -c constraints.txt . \
     && useradd --create-home --uid 10001 --shell /usr/sbin/nologin parley \
     && chown parley /app
 

@@ -1,7 +1,8 @@
 """The deployment files — docker-compose.yml, Dockerfile, .env.example and Procfile —
-checked against the real CLI, settings and Celery app; then the Procfile run for real
-under honcho (a redis-server the test starts, the ingress, an auto worker and Flower)
-through one pizza conversation and a SIGTERM."""
+checked against the real CLI, settings and Celery app (and compose's Redis password
+against a real redis-server); then the Procfile run for real under honcho (a
+redis-server the test starts, the ingress, an auto worker and Flower) through one pizza
+conversation and a SIGTERM."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,9 +25,9 @@ import orjson
 import pytest
 import redis
 import yaml
-from celery import Celery
 from pydantic import AliasChoices
 
+from parley.asgi import create_ingress
 from parley.cli import main
 from parley.testing import FakeGraphAPI, RedisServer, delivery, free_port, text_message
 from parley.workers.builder import ParleyApp, load_app
@@ -41,11 +43,12 @@ PROCFILE = ROOT / "Procfile"
 
 #: Variables the deployment files use that are not Parley settings (documented here).
 COMPOSE_ONLY = {
-    "FLOWER_BASIC_AUTH": "Flower's login, user:password (its --basic-auth)",
+    "FLOWER_BASIC_AUTH": "Flower's login, user:password (Flower reads it from the environment)",
     "PARLEY_APP": "the workers' --app, MODULE:ATTR",
+    "REDIS_PASSWORD": "compose's redis service's password (--requirepass, in the Parley URLs)",
 }
 #: And the Procfile's: honcho sets PORT for each process type.
-PROCFILE_ONLY = {"PORT": "set by honcho", "FLOWER_PORT": "Flower's --port"}
+PROCFILE_ONLY = {"PORT": "set by honcho", "FLOWER_PORT": "parley flower's --port"}
 #: What .env.example must offer at least.
 REQUIRED_IN_ENV_EXAMPLE = {
     "WHATSAPP_TOKEN",
@@ -55,14 +58,35 @@ REQUIRED_IN_ENV_EXAMPLE = {
     "PARLEY_APP",
     "PARLEY_PARTITIONS",
     "PARLEY_LEASE_TTL",
+    "PARLEY_METRICS_TOKEN",
+    "PARLEY_ALLOWED_PHONE_IDS",
+    "REDIS_PASSWORD",
     "FLOWER_BASIC_AUTH",
 }
+#: Each secret, and the compose services that may see it (by name or by ${...}).
+SECRETS = {
+    "WHATSAPP_TOKEN": {"worker"},
+    "WHATSAPP_APP_SECRET": {"ingress"},
+    "WHATSAPP_VERIFY_TOKEN": {"ingress"},
+    "PARLEY_METRICS_TOKEN": {"ingress"},
+    "FLOWER_BASIC_AUTH": {"flower"},
+    "REDIS_PASSWORD": {"redis", "ingress", "worker", "flower"},
+}
+PARLEY_SERVICES = ("ingress", "worker", "flower")
 #: ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}, $NAME
 VARIABLE = re.compile(
     r"\$(?:\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
     r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
 )
-DUMMIES = {"FLOWER_BASIC_AUTH": "user:password", "PORT": "8000", "FLOWER_PORT": "5555"}
+#: An image reference with an exact version (name:1.2.3, a suffix such as -alpine and a
+#: digest allowed): never a moving tag such as redis:7 or python:3.11-slim.
+EXACT_IMAGE = re.compile(r"[a-z0-9./_-]+:\d+\.\d+\.\d+(-[A-Za-z0-9.]+)*(@sha256:[0-9a-f]{64})?")
+DUMMIES = {"PORT": "8000", "FLOWER_PORT": "5555"}
+#: Secrets for the runs below: each long enough and no placeholder, as the CLI requires
+APP_SECRET = "tests-app-key-7f3a9c2e41d8b605"
+VERIFY_TOKEN = "tests-verify-token-5d1e"
+FLOWER_AUTH = ("admin", "tests-flower-pass-8c41e07b")
+REDIS_PASSWORD = "testsRedisPass7c2e9a41d0b83f65"
 FIRST_REPLY = "🍕 What size pizza? (small/medium/large)"
 PIZZA = ["hi", "large", "pepperoni,mushrooms", "yes"]
 PARTITIONS = 16
@@ -90,11 +114,14 @@ def variables(text: str) -> set[str]:
     return {m["name"] or m["bare"] for m in VARIABLE.finditer(text.replace("$$", ""))}
 
 
-def substitute(text: str) -> str:
-    """As compose or sh would with nothing set: a default where given, else a dummy."""
+def substitute(text: str, env: Mapping[str, str] | None = None) -> str:
+    """As compose or sh would: a value from ``env`` (none: nothing set), else a default
+    where given, else a dummy."""
 
     def one(match: re.Match[str]) -> str:
         name = match["name"] or match["bare"]
+        if env is not None and env.get(name):
+            return env[name]
         if match["op"] in (":-", "-"):
             return match["arg"]
         return DUMMIES.get(name, f"dummy-{name.lower()}")
@@ -102,10 +129,10 @@ def substitute(text: str) -> str:
     return VARIABLE.sub(one, text)
 
 
-def argv_of(command: str | list[str]) -> list[str]:
+def argv_of(command: str | list[str], env: Mapping[str, str] | None = None) -> list[str]:
     if isinstance(command, list):
-        return [substitute(part) for part in command]
-    return shlex.split(substitute(command))
+        return [substitute(part, env) for part in command]
+    return shlex.split(substitute(command, env))
 
 
 def parse_parley(argv: list[str]) -> click.Context:
@@ -127,9 +154,10 @@ def parse_parley(argv: list[str]) -> click.Context:
 
 @functools.cache
 def flower_options() -> frozenset[str]:
-    """The options ``celery -A workers flower`` takes: Flower's tornado options, listed by
-    ``celery -A workers flower -- --help`` (plain ``--help`` shows click's only, and Flower
-    silently drops options it does not know, so a typo would go unnoticed)."""
+    """The options ``celery -A parley.workers flower`` takes: Flower's tornado options,
+    listed by ``celery -A parley.workers flower -- --help`` (plain ``--help`` shows
+    click's only, and Flower silently drops options it does not know, so a typo would go
+    unnoticed)."""
     done = subprocess.run(
         [sys.executable, "-m", "celery", "-A", "parley.workers", "flower", "--", "--help"],
         cwd=ROOT,
@@ -142,22 +170,22 @@ def flower_options() -> frozenset[str]:
     return frozenset(listed)
 
 
-def check_flower(argv: list[str]) -> dict[str, str]:
-    """A ``celery -A parley.workers flower --opt=value ...`` line: Celery finds the app
-    there (as ``-A`` does) and every option is one of Flower's. Returns the options."""
-    assert argv[:4] == ["celery", "-A", "parley.workers", "flower"], argv
-    from celery.app.utils import find_app
-
-    assert isinstance(find_app("parley.workers"), Celery)
-    options = {}
-    for arg in argv[4:]:
-        assert arg.startswith("--") and "=" in arg, f"write flower options as --name=value: {arg}"
-        name, _, value = arg.partition("=")
-        options[name] = value
+def check_parley_flower(argv: list[str]) -> click.Context:
+    """A ``parley flower ...`` line, parsed by the click CLI: what it passes on to Flower
+    (``--port``, ``--address`` and any extra ``--name=value``) are Flower's options, and
+    the login is not among them (FLOWER_BASIC_AUTH, from the environment, keeps it off
+    command lines)."""
+    ctx = parse_parley(argv)
+    assert ctx.info_name == "flower", argv
     pytest.importorskip("flower")
-    unknown = set(options) - flower_options()
+    extras = list(ctx.params["flower_options"])
+    for arg in extras:
+        assert arg.startswith("--") and "=" in arg, f"write flower options as --name=value: {arg}"
+    passed = {"--port", "--address"} | {arg.partition("=")[0] for arg in extras}
+    unknown = passed - flower_options()
     assert not unknown, f"not Flower options: {unknown}"
-    return options
+    assert "--basic-auth" not in passed, "the login belongs in FLOWER_BASIC_AUTH"
+    return ctx
 
 
 def env_file_names(text: str) -> dict[str, str]:
@@ -176,6 +204,12 @@ def compose() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE.read_text())
 
 
+def required_variables() -> set[str]:
+    """What compose refuses to start without: each ${VAR:?error} (or ${VAR?error})."""
+    text = COMPOSE.read_text()
+    return {m["name"] for m in VARIABLE.finditer(text) if m["op"] in (":?", "?")}
+
+
 def service_env(service: Mapping[str, Any]) -> dict[str, str]:
     environment = service.get("environment") or {}
     if isinstance(environment, list):
@@ -183,8 +217,24 @@ def service_env(service: Mapping[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in environment.items()}
 
 
-def ports(service: Mapping[str, Any]) -> list[str]:
-    return [str(p) for p in service.get("ports", [])]
+def published(service: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(host address, host port, container port) of each published port; an empty
+    address is every interface."""
+    found = []
+    for port in service.get("ports", []):
+        if isinstance(port, Mapping):
+            found.append(
+                (str(port.get("host_ip", "")), str(port.get("published", "")), str(port["target"]))
+            )
+            continue
+        *host, container = str(port).rsplit(":", 1)
+        address, _, host_port = host[0].rpartition(":") if host else ("", "", "")
+        found.append((address.strip("[]"), host_port, container.split("/")[0]))
+    return found
+
+
+def loopback(address: str) -> bool:
+    return address == "localhost" or address == "::1" or address.startswith("127.")
 
 
 # -- docker-compose.yml ---------------------------------------------------------------------
@@ -195,62 +245,190 @@ def test_compose_services() -> None:
     assert {"redis", "ingress", "worker", "flower"} <= set(services)
 
     redis_service = services["redis"]
-    assert str(redis_service["image"]).startswith("redis:7")
+    assert EXACT_IMAGE.fullmatch(redis_service["image"]), redis_service["image"]
+    assert redis_service["image"].startswith("redis:7.")
     assert "--appendonly yes" in " ".join(argv_of(redis_service["command"]))
     volume_names = set(compose().get("volumes") or {})
     mounts = [str(v).split(":") for v in redis_service["volumes"]]
     assert any(len(m) >= 2 and m[0] in volume_names and m[1] == "/data" for m in mounts), mounts
-    health = redis_service["healthcheck"]["test"]
-    assert "redis-cli" in str(health) and "ping" in str(health)
+    for name, service in services.items():  # every image an exact version
+        assert "image" not in service or EXACT_IMAGE.fullmatch(service["image"]), name
 
-    for name in ("ingress", "worker", "flower"):
+    for name in PARLEY_SERVICES:
         service = services[name]
         assert service["build"] == "." or service["build"].get("context") == "."
-        env_file = service["env_file"]
-        assert env_file == ".env" or env_file == [".env"], name
-        assert service_env(service)["PARLEY_REDIS_URL"] == "redis://redis:6379", name
+        url = service_env(service)["PARLEY_REDIS_URL"]
+        assert url == "redis://:${REDIS_PASSWORD}@redis:6379", name
         depends = service["depends_on"]
-        assert "redis" in depends, name
-        if name != "flower":
-            assert depends["redis"]["condition"] == "service_healthy", name
+        assert depends["redis"]["condition"] == "service_healthy", name
     assert ENV_EXAMPLE.exists()
 
     ingress = parse_parley(argv_of(services["ingress"]["command"]))
     assert ingress.info_name == "ingress"
     assert ingress.params["host"] == "0.0.0.0" and ingress.params["port"] == 8000
-    assert "8000:8000" in ports(services["ingress"])
+    assert ("", "8000", "8000") in published(services["ingress"])
 
     worker = parse_parley(argv_of(services["worker"]["command"]))
     assert worker.info_name == "worker" and worker.params["partitions"] == "auto"
     assert isinstance(load_app(worker.params["app_path"]), ParleyApp)  # the default app
     assert services["worker"]["deploy"]["replicas"] == 2
-    assert not ports(services["worker"])  # replicas: no host port to fight over
+    assert not published(services["worker"])  # replicas: no host port to fight over
+    # the ingress and the workers agree on the partition count
+    assert (
+        service_env(services["ingress"])["PARLEY_PARTITIONS"]
+        == service_env(services["worker"])["PARLEY_PARTITIONS"]
+    )
 
 
-def test_compose_flower_uses_basic_auth_from_the_environment() -> None:
+def test_compose_publishes_only_the_ingress_beyond_loopback() -> None:
+    """The ingress faces Meta; Flower is on the host's loopback; Redis is not published."""
+    services = compose()["services"]
+    assert not published(services["redis"])
+    for name, service in services.items():
+        for address, host_port, container in published(service):
+            if name != "ingress":
+                assert loopback(address), f"{name} publishes {container} on every interface"
+            assert host_port, f"{name}: a random host port for {container}"
+
+
+def test_compose_flower() -> None:
     flower = compose()["services"]["flower"]
-    command = flower["command"]
-    raw = command if isinstance(command, str) else " ".join(command)
-    assert re.search(r"--basic-auth=\$\{FLOWER_BASIC_AUTH(:\?[^}]*)?\}", raw), raw
-    options = check_flower(argv_of(command))
-    assert options["--port"] == "5555" and "5555:5555" in ports(flower)
-    assert options["--basic-auth"] == DUMMIES["FLOWER_BASIC_AUTH"]
+    ctx = check_parley_flower(argv_of(flower["command"]))
+    # all of the container's interfaces (else the published port reaches nothing)...
+    assert ctx.params["address"] == "0.0.0.0"
+    # ...published on the host's loopback only
+    assert published(flower) == [("127.0.0.1", "5555", str(ctx.params["port"]))]
+    env = service_env(flower)
+    assert re.fullmatch(r"\$\{FLOWER_BASIC_AUTH:\?[^}]*\}", env["FLOWER_BASIC_AUTH"])
     # the broker comes from Parley's settings, as the ingress's and the workers' do;
     # CELERY_BROKER_URL would override it in Celery and send Flower elsewhere
-    env = service_env(flower)
-    expected = Settings(redis_url=env["PARLEY_REDIS_URL"]).broker
-    assert expected == "redis://redis:6379/3"
+    expected = Settings(redis_url=substitute(env["PARLEY_REDIS_URL"])).broker
+    assert expected == "redis://:dummy-redis_password@redis:6379/3"
     assert env.get("CELERY_BROKER_URL", expected) == expected
+
+
+def test_compose_hands_each_secret_only_to_the_services_that_need_it() -> None:
+    services = compose()["services"]
+    for name, service in services.items():
+        assert "env_file" not in service, f"{name}: env_file hands every secret to it"
+    for secret, allowed in SECRETS.items():
+        seeing = {
+            name
+            for name, service in services.items()
+            if secret in variables(yaml.safe_dump(service)) or secret in service_env(service)
+        }
+        assert seeing == allowed, f"{secret} reaches {seeing}, not just {allowed}"
+    for name in PARLEY_SERVICES:  # the Redis password only inside the Redis URL
+        for key, value in service_env(services[name]).items():
+            if "REDIS_PASSWORD" in variables(value):
+                assert key == "PARLEY_REDIS_URL", (name, key)
+    # what a service must have is required (${VAR:?...}): compose refuses to start
+    # without it, rather than start a service that cannot work
+    required = required_variables()
+    assert required >= set(SECRETS) - {"PARLEY_METRICS_TOKEN"}, required
+
+
+def test_compose_environments_make_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each Parley service's environment, as compose fills it from a completed .env
+    (optional values left empty), validates as Settings; the ingress's secrets pass its
+    checks."""
+    filled = {
+        **{name: "" for name in env_file_names(ENV_EXAMPLE.read_text())},
+        "WHATSAPP_TOKEN": "tests-graph-token-0b4e5f",
+        "WHATSAPP_APP_SECRET": APP_SECRET,
+        "WHATSAPP_VERIFY_TOKEN": VERIFY_TOKEN,
+        "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH),
+        "REDIS_PASSWORD": REDIS_PASSWORD,
+    }
+    services = compose()["services"]
+    for name in PARLEY_SERVICES:
+        with monkeypatch.context() as patch:
+            for variable in list(os.environ):
+                if variable.startswith(("PARLEY_", "WHATSAPP_")):
+                    patch.delenv(variable)
+            for key, value in service_env(services[name]).items():
+                patch.setenv(key, substitute(value, filled))
+            settings = Settings()
+            assert settings.redis_url == f"redis://:{REDIS_PASSWORD}@redis:6379", name
+            if name == "ingress":
+                create_ingress(settings)  # no RuntimeError: the secrets are accepted
+            if name == "worker":
+                assert settings.whatsapp_token.get_secret_value() == filled["WHATSAPP_TOKEN"]
+
+
+@pytest.mark.timeout(60)
+def test_compose_redis_requires_the_password_and_the_healthcheck_gives_it(
+    tmp_path: Path,
+) -> None:
+    """The redis service's command and healthcheck run against a real redis-server (on
+    a loopback port here; in the container, redis:6379), with what compose substitutes."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    services = compose()["services"]
+    redis_service = services["redis"]
+    env = {"REDIS_PASSWORD": REDIS_PASSWORD}
+    argv = argv_of(redis_service["command"], env)
+    assert argv[0] == "redis-server" and REDIS_PASSWORD in argv
+    port = free_port()
+    server = subprocess.Popen(
+        [binary, *argv[1:], "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        urls = {
+            name: substitute(service_env(services[name])["PARLEY_REDIS_URL"], env).replace(
+                "@redis:6379", f"@127.0.0.1:{port}"
+            )
+            for name in PARLEY_SERVICES
+        }
+        client = redis.Redis.from_url(urls["ingress"], socket_connect_timeout=1)
+        wait_for(lambda: _pings(client), timeout=20, what="redis-server")
+        with pytest.raises(redis.AuthenticationError):  # no password, no Redis
+            redis.Redis(port=port).ping()
+        for name, url in urls.items():  # each Parley URL, and the DBs derived from it
+            settings = Settings(redis_url=url)
+            for derived in (settings.broker, settings.pipeline, settings.redis_url):
+                assert redis.Redis.from_url(derived).ping(), (name, derived)
+
+        test = redis_service["healthcheck"]["test"]
+        assert test[0] == "CMD-SHELL", test
+        script = substitute(test[1]).replace("redis-cli", f"redis-cli -p {port}", 1)
+        health_env = {
+            "PATH": os.environ.get("PATH", ""),
+            **{k: substitute(v, env) for k, v in service_env(redis_service).items()},
+        }
+        assert subprocess.run(["sh", "-c", script], env=health_env, timeout=10).returncode == 0
+        # and without the password the healthcheck fails (no PONG), rather than pass
+        bare = {"PATH": health_env["PATH"]}
+        no_auth = subprocess.run(["sh", "-c", script], env=bare, timeout=10, capture_output=True)
+        assert no_auth.returncode != 0
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
 
 
 def test_every_variable_is_a_setting_or_documented() -> None:
     known = settings_env_names() | set(COMPOSE_ONLY)
     assert {"PARLEY_REDIS_URL", "PARLEY_PARTITIONS", "WHATSAPP_APP_SECRET"} <= known
+    assert {"PARLEY_METRICS_TOKEN", "PARLEY_ALLOWED_PHONE_IDS"} <= known
+    assert "PARLEY_INSECURE_SKIP_SIGNATURE" not in known  # a CLI flag only, never the env
     used = variables(COMPOSE.read_text())
     assert used, "compose substitutes nothing?"
     assert used <= known, used - known
-    for name, service in compose()["services"].items():
-        assert set(service_env(service)) <= known, name
+    services = compose()["services"]
+    for name in PARLEY_SERVICES:
+        assert set(service_env(services[name])) <= known, name
+    # the redis service's own: redis-cli's password variable (its healthcheck)
+    assert set(service_env(services["redis"])) == {"REDISCLI_AUTH"}
 
     example = env_file_names(ENV_EXAMPLE.read_text())
     assert set(example) <= known, set(example) - known
@@ -262,6 +440,8 @@ def test_every_variable_is_a_setting_or_documented() -> None:
         if m["op"] not in (":-", "-")
     }
     assert no_default <= set(example), no_default - set(example)
+    for path in (COMPOSE, ENV_EXAMPLE, PROCFILE, DOCKERFILE):
+        assert "INSECURE" not in path.read_text().upper(), path.name
 
 
 def test_env_example_values_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -278,12 +458,46 @@ def test_env_example_values_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in example.items():
         if name in setting_names:
             monkeypatch.setenv(name, value)
-    settings = Settings()  # the placeholders validate
+    settings = Settings()  # the example's values validate
     assert settings.partitions == int(example["PARLEY_PARTITIONS"])
     assert settings.lease_ttl == float(example["PARLEY_LEASE_TTL"])
+    assert settings.allowed_phone_ids == frozenset()  # empty: any
+    assert not settings.metrics_token  # empty: /metrics for loopback clients only
     assert isinstance(load_app(example["PARLEY_APP"]), ParleyApp)
-    assert re.fullmatch(r"[^:\s]+:\S+", example["FLOWER_BASIC_AUTH"])
     assert ".env" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_env_example_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No value in .env.example works as a credential: every secret is empty, so a copy
+    not filled in starts nothing — compose refuses an empty ${VAR:?}, the ingress an
+    absent app secret, ``parley flower`` an absent login."""
+    example = env_file_names(ENV_EXAMPLE.read_text())
+    for secret in SECRETS:
+        assert example[secret] == "", f"{secret} must be empty in .env.example"
+    required = required_variables()
+    assert required and all(example.get(name) == "" for name in required), required
+
+    for name in list(os.environ):
+        if name.startswith(("PARLEY_", "WHATSAPP_")):
+            monkeypatch.delenv(name)
+    for name, value in example.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(RuntimeError, match="WHATSAPP_APP_SECRET"):
+        create_ingress(Settings())
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWER_", "CELERY_"))}
+    env["FLOWER_BASIC_AUTH"] = example["FLOWER_BASIC_AUTH"]
+    done = subprocess.run(  # a process: were it not refused, it would exec Flower
+        [sys.executable, "-c", "from parley.cli import main; main()", "flower"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "FLOWER_BASIC_AUTH" in errors[0], done.stderr
 
 
 # -- Dockerfile -----------------------------------------------------------------------------
@@ -302,9 +516,12 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 
 def test_dockerfile() -> None:
     instructions = dockerfile_instructions()
-    assert [rest for kw, rest in instructions if kw == "FROM"] == ["python:3.11-slim"]
+    bases = [rest for kw, rest in instructions if kw == "FROM"]
+    assert len(bases) == 1 and EXACT_IMAGE.fullmatch(bases[0]), bases  # an exact version
+    assert re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?", bases[0]), bases
     runs = " ".join(rest for kw, rest in instructions if kw == "RUN")
-    assert re.search(r"pip install \.(\s|$)", runs), runs
+    # the tested, audited versions (constraints.txt), not whatever is newest that day
+    assert re.search(r"pip install -c constraints\.txt \.(\s|$)", runs), runs
     users = [rest for kw, rest in instructions if kw == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0")
 
@@ -316,11 +533,11 @@ def test_dockerfile() -> None:
     if "." in copied:  # everything: then .env (secrets) must be kept out
         assert ".env" in (ROOT / ".dockerignore").read_text().split()
     else:
-        # what `pip install .` needs: pyproject, its readme and every package
+        # what `pip install .` needs: pyproject, its readme, every package, constraints
         import tomllib
 
         project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-        needed = {"pyproject.toml", project["project"]["readme"]}
+        needed = {"pyproject.toml", project["project"]["readme"], "constraints.txt"}
         needed |= set(project["tool"]["setuptools"]["package-dir"].values())  # the folders
         assert needed <= copied, needed - copied
         assert ".env" not in copied
@@ -352,9 +569,10 @@ def test_procfile_commands() -> None:
     worker = parse_parley(argv_of(processes["worker"]))
     assert worker.info_name == "worker" and worker.params["partitions"] == "auto"
     assert isinstance(load_app(worker.params["app_path"]), ParleyApp)
-    options = check_flower(argv_of(processes["flower"]))
-    assert options["--basic-auth"] == DUMMIES["FLOWER_BASIC_AUTH"]
-    assert re.search(r"--basic-auth=\$\{FLOWER_BASIC_AUTH(:\?[^}]*)?\}", processes["flower"])
+    flower = check_parley_flower(argv_of(processes["flower"]))
+    assert flower.params["port"] == int(DUMMIES["FLOWER_PORT"])
+    assert "${FLOWER_PORT" in processes["flower"]
+    assert loopback(flower.params["address"])  # the default: this machine only
 
 
 def descendants(pid: int) -> list[int]:
@@ -419,9 +637,9 @@ def test_procfile_under_honcho_serves_a_pizza_conversation(tmp_path: Path) -> No
                 "PARLEY_APP": "parley.examples.pizza:app",
                 "WHATSAPP_TOKEN": "t",
                 "WHATSAPP_API_BASE": graph.url,
-                "WHATSAPP_APP_SECRET": "secret",
-                "WHATSAPP_VERIFY_TOKEN": "v",
-                "FLOWER_BASIC_AUTH": "admin:s3cret",
+                "WHATSAPP_APP_SECRET": APP_SECRET,
+                "WHATSAPP_VERIFY_TOKEN": VERIFY_TOKEN,
+                "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH),
                 "FLOWER_PORT": str(flower_port),
                 "PORT": str(port),
             }
@@ -462,13 +680,13 @@ def test_procfile_under_honcho_serves_a_pizza_conversation(tmp_path: Path) -> No
             wait_for(running(lambda: get(flower)), timeout=60, what="flower to listen")
             assert get(flower).status_code == 401  # type: ignore[union-attr]
             assert get(flower, auth=("admin", "wrong")).status_code == 401  # type: ignore[union-attr]
-            assert get(flower, auth=("admin", "s3cret")).status_code == 200  # type: ignore[union-attr]
+            assert get(flower, auth=FLOWER_AUTH).status_code == 200  # type: ignore[union-attr]
 
             user = "51955555555"
             for count, text in enumerate(PIZZA, start=1):
                 body = orjson.dumps(delivery([text_message(user, text)]))
                 response = httpx.post(
-                    f"{base}/webhook", content=body, headers=sign(body, "secret"), timeout=10
+                    f"{base}/webhook", content=body, headers=sign(body, APP_SECRET), timeout=10
                 )
                 assert response.status_code == 200, response.text
                 assert response.json() == {"accepted": 1, "duplicates": 0}

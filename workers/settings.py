@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from typing import Annotated
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from parley.cache.settings import CacheSettings, with_db
 
@@ -79,7 +80,7 @@ class Settings(CacheSettings):
     )
     #: Phone number ids (tenants) this deployment answers for; empty: any. Deliveries
     #: for another number are refused (403).
-    allowed_phone_ids: frozenset[str] = frozenset()
+    allowed_phone_ids: Annotated[frozenset[str], NoDecode] = frozenset()
     whatsapp_api_base: str = Field(
         default="https://graph.facebook.com", validation_alias=AliasChoices("WHATSAPP_API_BASE")
     )
