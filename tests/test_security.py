@@ -345,3 +345,24 @@ def test_no_public_openapi_and_metrics_only_for_loopback_or_a_token(redis_url: s
 def test_signed_with_the_real_secret_still_gets_in(ingress: httpx.Client) -> None:
     body = orjson.dumps(delivery([text_message("5196000003", "hi")]))
     assert ingress.post("/webhook", content=body, headers=signed_with(body, SECRET)).is_success
+
+
+def test_a_delivery_at_the_cap_is_accepted_in_short_script_calls(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    """1000 events (the default cap) are all accepted, in calls of at most 256 events,
+    none of which holds Redis for 50 ms."""
+    admin = redis_server.client(3)
+    admin.config_set("slowlog-log-slower-than", 50_000)
+    admin.slowlog_reset()
+    admin.config_resetstat()
+    messages = [text_message(f"51970{n:06d}", "x") for n in range(1000)]
+    body = orjson.dumps(delivery(messages))
+    settings = make_settings(redis_url, max_body_bytes=4 * 2**20)
+    with ServedApp(create_ingress(settings)) as served:
+        response = httpx.post(f"{served.url}/webhook", content=body, headers=sign(body))
+    assert response.status_code == 200 and response.json()["accepted"] == 1000
+    assert admin.xlen("parley:log") == 1000 and admin.slowlog_get() == []
+    calls = admin.info("commandstats")
+    evalsha = calls.get("cmdstat_evalsha", {}).get("calls", 0)
+    assert evalsha >= 4  # 1000 events / 256 per call
