@@ -60,7 +60,7 @@ def create_celery(
 ) -> Celery:
     """A Celery app for these settings; with ``handle``, the worker's one task
     (``parley.handle``: one envelope's JSON in, its outcome out)."""
-    app = Celery("parley", set_as_current=False)
+    app = Celery("parley")
     app.conf.update(celery_config(settings))
     if handle is not None:
         app.task(name=TASK_NAME, ignore_result=True, shared=False)(handle)
