@@ -286,7 +286,8 @@ def run_audit(constraints: Path, cache: Path) -> Audit:
     assert seen == set(pins), f"pip-audit saw other packages: {seen ^ set(pins)}"
     if skipped:
         try:
-            with httpx.Client(timeout=30, follow_redirects=True) as client:
+            retrying = httpx.HTTPTransport(retries=3)  # a dropped connection is retried
+            with httpx.Client(timeout=30, follow_redirects=True, transport=retrying) as client:
                 for name, reason in sorted(skipped.items()):
                     version = pins[canonicalize_name(name)]
                     vulns = pypi_latest_vulnerabilities(client, name, version)
