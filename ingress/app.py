@@ -256,7 +256,9 @@ def create_app(
             given = request.headers.get("authorization", "").removeprefix("Bearer ").encode()
             if not hmac.compare_digest(metrics_token, given):
                 return PlainTextResponse("forbidden", status_code=403)
-        elif not is_loopback(request.client.host if request.client else None):
+        elif not is_loopback(request.client.host if request.client else None) or any(
+            name in request.headers for name in ("forwarded", "x-forwarded-for", "x-real-ip")
+        ):  # a proxy on this host forwards the internet's requests from loopback
             return PlainTextResponse(
                 "forbidden: set PARLEY_METRICS_TOKEN to scrape from elsewhere", status_code=403
             )

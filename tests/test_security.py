@@ -335,6 +335,8 @@ def test_no_public_openapi_and_metrics_only_for_loopback_or_a_token(redis_url: s
     with ServedApp(create_ingress(make_settings(redis_url))) as served:
         assert httpx.get(f"{served.url}/openapi.json").status_code == 404
         assert httpx.get(f"{served.url}/metrics").status_code == 200  # loopback
+        proxied = {"X-Forwarded-For": "203.0.113.9"}  # a proxy on this host, for someone
+        assert httpx.get(f"{served.url}/metrics", headers=proxied).status_code == 403
     settings = make_settings(redis_url, metrics_token="a-long-metrics-token-1")
     with ServedApp(create_ingress(settings)) as served:
         assert httpx.get(f"{served.url}/metrics").status_code == 403
