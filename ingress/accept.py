@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import orjson
 from redis.asyncio import Redis
 
 from parley.cache.lua import evalsha, lua
@@ -34,7 +33,11 @@ class Accept(Protocol):
     """What the ingress needs: per envelope its replay-log id, or None for a duplicate.
     Raises on backend failure, having marked nothing as seen."""
 
-    async def accept(self, envelopes: list[Envelope]) -> list[str | None]: ...
+    async def accept(
+        self, envelopes: list[Envelope], encoded: list[bytes] | None = None
+    ) -> list[str | None]:
+        """``encoded``: each envelope's ``encode()``, when the caller has it already."""
+        ...
 
 
 class Acceptor:
@@ -61,18 +64,20 @@ class Acceptor:
         self._pending: list[tuple[list[str], list[Any], asyncio.Future[list[str | None]]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    def _script_args(self, envelopes: list[Envelope]) -> tuple[list[str], list[Any]]:
+    def _script_args(
+        self, envelopes: list[Envelope], encoded: list[bytes]
+    ) -> tuple[list[str], list[Any]]:
         keys: list[str] = []
         args: list[Any] = []
-        for envelope in envelopes:
+        for envelope, raw in zip(envelopes, encoded, strict=True):
             partition = partition_for(
                 envelope.tenant_id, envelope.user_id, self.settings.partitions
             )
             queue = queue_name(partition)
             keys += [seen_key(envelope), queue]
             args += [
-                orjson.dumps(envelope.to_json()),
-                celery_message(envelope, queue) if self.one_round_trip else b"",
+                raw,
+                celery_message(envelope, queue, raw) if self.one_round_trip else b"",
                 partition,
                 f"{envelope.tenant_id}|{envelope.user_id}|{envelope.kind}",
             ]
@@ -83,18 +88,22 @@ class Acceptor:
         oldest_ms = int((time.time() - self.settings.replay_retention.total_seconds()) * 1000)
         return f"{max(oldest_ms, 0)}-0", self.settings.replay_max_entries or 0
 
-    async def accept(self, envelopes: list[Envelope]) -> list[str | None]:
+    async def accept(
+        self, envelopes: list[Envelope], encoded: list[bytes] | None = None
+    ) -> list[str | None]:
         """Per envelope its replay-log id, or None for a duplicate. Raises on backend
         failure. A large delivery goes in several script calls of at most ``CHUNK``
         envelopes, so no one call holds Redis long; if a later one fails, the earlier
         ones stay accepted and Meta's retry finds them as duplicates."""
+        encoded = encoded if encoded is not None else [e.encode() for e in envelopes]
         ids: list[str | None] = []
         for start in range(0, len(envelopes), self.CHUNK):
-            ids += await self._accept(envelopes[start : start + self.CHUNK])
+            end = start + self.CHUNK
+            ids += await self._accept(envelopes[start:end], encoded[start:end])
         return ids
 
-    async def _accept(self, envelopes: list[Envelope]) -> list[str | None]:
-        keys, args = self._script_args(envelopes)
+    async def _accept(self, envelopes: list[Envelope], encoded: list[bytes]) -> list[str | None]:
+        keys, args = self._script_args(envelopes, encoded)
         if not self.one_round_trip:
             return await self._accept_then_publish(envelopes, keys, args)
         future: asyncio.Future[list[str | None]] = asyncio.get_running_loop().create_future()
@@ -105,13 +114,14 @@ class Acceptor:
 
     async def _flush(self) -> None:
         while self._pending:
-            taken, envelopes = 0, 0  # at most BATCH deliveries and about CHUNK envelopes
-            while taken < min(self.BATCH, len(self._pending)) and (
-                taken == 0 or envelopes + len(self._pending[taken][0]) // 2 <= self.CHUNK
-            ):
-                envelopes += len(self._pending[taken][0]) // 2
-                taken += 1
-            batch, self._pending = self._pending[:taken], self._pending[taken:]
+            batch: list[tuple[list[str], list[Any], asyncio.Future[list[str | None]]]] = []
+            envelopes = 0  # at most BATCH deliveries and CHUNK envelopes (or one delivery)
+            while self._pending and len(batch) < self.BATCH:
+                count = len(self._pending[0][0]) // 2  # two keys an envelope
+                if batch and envelopes + count > self.CHUNK:
+                    break
+                batch.append(self._pending.pop(0))
+                envelopes += count
             keys: list[str] = [REPLAY_LOG]
             args: list[Any] = [self.settings.dedup_ttl, *self._retention()]
             for batch_keys, batch_args, _ in batch:
@@ -165,7 +175,9 @@ class MemoryAcceptor:
         self.seen: set[str] = set()
         self.log: list[Envelope] = []
 
-    async def accept(self, envelopes: list[Envelope]) -> list[str | None]:
+    async def accept(
+        self, envelopes: list[Envelope], encoded: list[bytes] | None = None
+    ) -> list[str | None]:
         ids: list[str | None] = []
         for envelope in envelopes:
             key = seen_key(envelope)

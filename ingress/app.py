@@ -203,17 +203,14 @@ def create_app(
             e.tenant_id not in settings.allowed_phone_ids for e in envelopes
         ):
             return refuse(403, "phone_id_not_allowed", "phone number id not served here")
-        for envelope in envelopes:
-            try:
-                size = len(orjson.dumps(envelope.payload))
-            except orjson.JSONEncodeError:  # e.g. nested deeper than JSON output allows
-                return refuse(400, "malformed", "malformed WhatsApp webhook")
-            if size > settings.max_envelope_bytes:
-                return refuse(
-                    400, "too_large", f"one event over {settings.max_envelope_bytes} bytes"
-                )
+        try:  # encoded once here, for the checks and for the replay log and queue
+            encoded = [envelope.encode() for envelope in envelopes]
+        except (ValueError, TypeError):  # nested deeper than pydantic or orjson will write
+            return refuse(400, "malformed", "malformed WhatsApp webhook")
+        if any(len(raw) > settings.max_envelope_bytes for raw in encoded):
+            return refuse(400, "too_large", f"one event over {settings.max_envelope_bytes} bytes")
         try:
-            ids = await request.app.state.acceptor.accept(envelopes)
+            ids = await request.app.state.acceptor.accept(envelopes, encoded)
         except Exception as exc:
             log.error(
                 "delivery outcome=unavailable envelopes=%d error=%s",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict
 
 Kind = Literal["message", "status", "error"]
@@ -30,6 +31,11 @@ class Envelope(BaseModel):
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    def encode(self) -> bytes:
+        """The envelope as JSON text: what the replay log, the dead letters, the
+        in-flight record and the task message carry (encode once, pass the bytes on)."""
+        return orjson.dumps(self.to_json())
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Envelope:

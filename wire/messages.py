@@ -64,18 +64,24 @@ def task_headers(task_id: str, envelope: Envelope) -> dict[str, Any]:
     }
 
 
-def task_body(envelope: Envelope) -> bytes:
-    """``[args, kwargs, embed]``: the task's one argument is the envelope's JSON."""
-    embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-    return orjson.dumps([[envelope.to_json()], {}, embed])
+#: The body's third part: no callbacks, errbacks, chain or chord
+EMBED = orjson.dumps({"callbacks": None, "errbacks": None, "chain": None, "chord": None})
 
 
-def celery_message(envelope: Envelope, queue: str) -> bytes:
-    """The JSON Celery's Redis transport puts on ``queue`` for this envelope."""
+def task_body(encoded: bytes) -> bytes:
+    """``[args, kwargs, embed]``: the task's one argument is the envelope's JSON
+    (``Envelope.encode()``, spliced in as it is)."""
+    return b"[[" + encoded + b"],{}," + EMBED + b"]"
+
+
+def celery_message(envelope: Envelope, queue: str, encoded: bytes | None = None) -> bytes:
+    """The JSON Celery's Redis transport puts on ``queue`` for this envelope; pass
+    ``encoded`` when the caller has ``envelope.encode()`` already."""
     task_id = str(uuid.uuid4())
+    body = task_body(encoded if encoded is not None else envelope.encode())
     return orjson.dumps(
         {
-            "body": base64.b64encode(task_body(envelope)).decode(),
+            "body": base64.b64encode(body).decode(),
             "content-encoding": "utf-8",
             "content-type": "application/json",
             "headers": task_headers(task_id, envelope),

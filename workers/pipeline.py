@@ -83,7 +83,7 @@ class RedisPipelineStore:
                 self.client,
                 self._begin,
                 [done_key(envelope), inflight_key(partition), lease_key(partition)],
-                [orjson.dumps(envelope.to_json()), node, time.time(), "1" if fenced else "0"],
+                [envelope.encode(), node, time.time(), "1" if fenced else "0"],
             )
         )
 
@@ -106,7 +106,7 @@ class RedisPipelineStore:
         first_failure: float,
     ) -> str:
         entry = {
-            "envelope": orjson.dumps(envelope.to_json()),
+            "envelope": envelope.encode(),
             "tenant_id": envelope.tenant_id,
             "user_id": envelope.user_id,
             "event_id": envelope.event_id,

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -75,9 +74,8 @@ class Runtime:
         node: str | None = None,
         *,
         pipeline: PipelineStore | None = None,
-        http: httpx.AsyncClient | None = None,
     ) -> None:
-        """``pipeline`` and ``http`` (the Graph API client) are for ``parley demo``."""
+        """``pipeline`` replaces Redis for ``parley demo`` without a server."""
         self.app = app
         self.settings = app.settings
         self.node = node or f"parley-{os.getpid()}@{socket.gethostname()}"
@@ -90,7 +88,6 @@ class Runtime:
             self.settings.whatsapp_phone_id,
             api_base=self.settings.whatsapp_api_base,
             api_version=self.settings.whatsapp_api_version,
-            client=http,
         )
         self._started = False
         #: --partitions auto: run an envelope only while holding its partition's lease
