@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 from pydantic import BaseModel, Field
@@ -31,3 +32,16 @@ class BenchHandler(WappaEventHandler):
 
 
 bench = WappaBuilder().with_redis_cache().with_event_handler(BenchHandler()).build()
+
+
+class WaitingHandler(WappaEventHandler):
+    """The concurrency benchmark's handler: a 200 ms wait, as for a Graph API reply or an
+    LLM call, between a state read and a profile write."""
+
+    async def handle_message(self, webhook: Webhook) -> None:
+        await self.state_cache.get("order", models=Order)
+        await asyncio.sleep(0.2)
+        await self.user_cache.increment_field("profile", "message_count")
+
+
+waiting = WappaBuilder().with_redis_cache().with_event_handler(WaitingHandler()).build()

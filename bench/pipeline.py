@@ -1,9 +1,10 @@
 """Webhooks/s through ONE worker node, next to a Celery no-op task on the same settings.
 
-Both runs use the same redis-server (broker, pipeline and caches), a solo pool with
-concurrency 1, acks_late and prefetch 1, and the same partition queues. The queues
-are filled first; the clock runs from the first message taken until every queue is
-drained and nothing is left unacked.
+Both runs use the same redis-server (broker, pipeline and caches), the same
+concurrency, acks_late and prefetch, and the same partition queues; the floor runs on
+Celery's own thread pool, Parley on its lane pool (Celery's, plus per-user order). The
+queues are filled first; the clock runs from the first message taken until every queue
+is drained and nothing is left unacked.
 
     python -m bench.pipeline [--webhooks N]
 """
@@ -86,6 +87,7 @@ def main(webhooks: int) -> None:
             [
                 *(sys.executable, "-m", "celery", "-A", "bench.noop", "worker"),
                 *WORKER_OPTIONS,
+                *("--pool", "threads", "--concurrency", str(settings.concurrency)),
                 *("--queues", queues, "--loglevel", "WARNING"),
             ],
             env,
@@ -115,7 +117,10 @@ def main(webhooks: int) -> None:
         )
         done = len(server.client(3).keys("parley:done:*"))
         assert done == webhooks, f"{done} of {webhooks} webhooks processed"
-        print(f"{webhooks} webhooks, {USERS} users, {settings.partitions} partitions, one node")
+        print(
+            f"{webhooks} webhooks, {USERS} users, {settings.partitions} partitions, one node, "
+            f"concurrency {settings.concurrency}"
+        )
         print(f"celery no-op task   : {floor:7.0f} tasks/s")
         print(f"parley, 4 cache ops : {ours:7.0f} webhooks/s")
         print(f"ratio parley / no-op floor: {ours / floor:.2f}")

@@ -116,9 +116,18 @@ def flower(port: int, address: str, flower_options: tuple[str, ...]) -> None:
 @click.option(
     "--node", default=None, help="Node name, unique among live nodes (default parley-PID)."
 )
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="Handlers run at once, each for another user [default: PARLEY_CONCURRENCY, 64].",
+)
 @click.option("--loglevel", default="INFO", show_default=True)
-def worker(app_path: str, partitions: str, node: str | None, loglevel: str) -> None:
-    """A worker node: consumes its partition queues one message at a time, in order."""
+def worker(
+    app_path: str, partitions: str, node: str | None, concurrency: int | None, loglevel: str
+) -> None:
+    """A worker node: runs up to --concurrency users' handlers at once, each user's
+    webhooks one at a time, in the order they were accepted."""
     from parley.wire.keys import DEFAULT_QUEUE, queue_name
     from parley.wire.partition import parse_partitions
     from parley.workers.builder import load_app
@@ -129,6 +138,8 @@ def worker(app_path: str, partitions: str, node: str | None, loglevel: str) -> N
     from parley.workers.settings import weak_secret
 
     app = load_app(app_path)
+    if concurrency is not None:
+        app.settings = app.settings.model_copy(update={"concurrency": concurrency})
     settings = app.settings
     token = settings.whatsapp_token.get_secret_value()
     if token and (problem := weak_secret("WHATSAPP_TOKEN", token, length=False)):
@@ -151,6 +162,7 @@ def worker(app_path: str, partitions: str, node: str | None, loglevel: str) -> N
                 "finished %d in-flight envelope(s)", recovered
             )
         queues = [queue_name(p) for p in owned]
+        _drain_on_shutdown(settings, celery_app)
     try:
         celery_app.worker_main(
             [
@@ -162,6 +174,20 @@ def worker(app_path: str, partitions: str, node: str | None, loglevel: str) -> N
         )
     finally:
         runtime.close()
+
+
+def _redis_broker(settings: Any) -> Any:
+    """A client of the broker when it is Redis (to put messages back in front)."""
+    import redis
+
+    on_redis = settings.broker.startswith(("redis://", "rediss://", "unix://"))
+    return redis.Redis.from_url(settings.broker) if on_redis else None
+
+
+def _drain_on_shutdown(settings: Any, celery_app: Any) -> None:
+    from parley.workers.lanes import install_drain
+
+    install_drain(celery_app, _redis_broker(settings))
 
 
 def _join_as_auto_node(runtime: Any, celery_app: Any) -> None:
@@ -180,10 +206,9 @@ def _join_as_auto_node(runtime: Any, celery_app: Any) -> None:
         runtime.node,
         settings.lease_ttl,
     )
-    on_redis = settings.broker.startswith(("redis://", "rediss://", "unix://"))
     coordinator = Coordinator(
         leases,
-        redis.Redis.from_url(settings.broker) if on_redis else None,
+        _redis_broker(settings),
         redis.Redis.from_url(settings.pipeline),
         settings.partitions,
         settings.lease_ttl,
@@ -381,7 +406,7 @@ def dead_drop(entry_id: str | None, drop_all: bool) -> None:
 @main.command()
 def status() -> None:
     """Per partition its owner, queue depth, lag (age of the oldest waiting webhook) and
-    in-flight envelope; the live nodes."""
+    the envelopes in flight on each node; the live nodes and what each runs."""
     from collections import Counter
 
     from rich.table import Table
@@ -391,7 +416,7 @@ def status() -> None:
 
     client, settings = _pipeline_client()
     state = read_state(client, settings.partitions)
-    table = Table("partition", "queue", "depth", "lag", "owner (lease)", "in flight on")
+    table = Table("partition", "queue", "depth", "lag", "owner (lease)", "in flight")
     for row in state.partitions:
         table.add_row(
             str(row.partition),
@@ -399,13 +424,16 @@ def status() -> None:
             str(row.depth),
             f"{row.lag:.1f}s" if row.lag is not None else "",
             row.owner or "-",
-            row.in_flight or "",
+            " ".join(f"{count} on {node}" for node, count in sorted(row.in_flight.items())),
         )
     console = _console()
     console.print(table)
     owned = Counter(row.owner for row in state.partitions)
-    nodes = Table("live node", "partitions", "heartbeat expires in")
+    running: Counter[str] = Counter()
+    for row in state.partitions:
+        running.update(row.in_flight)
+    nodes = Table("live node", "partitions", "in flight", "heartbeat expires in")
     for name, left in sorted(state.nodes.items()):
-        nodes.add_row(name, str(owned[name]), f"{left:.1f}s")
+        nodes.add_row(name, str(owned[name]), str(running[name]), f"{left:.1f}s")
     console.print(nodes)
     console.print(f"replay log: {state.replay_log} envelopes   dead letters: {state.dead_letters}")

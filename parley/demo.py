@@ -2,8 +2,8 @@
 
 Each user message is a Cloud API delivery, signed with the app secret and POSTed to
 the real ingress app (over ASGI, no socket); the ingress dedups, logs and publishes
-it through Celery to its partition queue; a real Celery worker (solo pool, in a
-thread) consumes the queues and runs the example's handler through the worker
+it through Celery to its partition queue; a real Celery worker (Parley's lane pool, in
+a thread) consumes the queues and runs the example's handler through the worker
 runtime; the handler's replies go to a fake Graph API (``parley.testing``, a real HTTP server
 on loopback) that records them.
 
@@ -29,6 +29,7 @@ from parley.testing import FakeGraphAPI, delivery, sign, text_message
 from parley.wire.keys import queue_name
 from parley.workers.builder import ParleyApp
 from parley.workers.celery import create_celery, publish
+from parley.workers.lanes import LanePool
 from parley.workers.pipeline import MemoryPipelineStore
 from parley.workers.runtime import Runtime
 from parley.workers.settings import Settings
@@ -80,7 +81,12 @@ async def run_demo(redis_url: str | None) -> int:
         queues = [queue_name(k) for k in range(settings.partitions)]
         accepted = 0
         with start_worker(
-            celery_app, pool="solo", perform_ping_check=False, queues=queues, loglevel="WARNING"
+            celery_app,
+            pool=LanePool,
+            concurrency=settings.concurrency,
+            perform_ping_check=False,
+            queues=queues,
+            loglevel="WARNING",
         ):
             async with (
                 ingress.router.lifespan_context(ingress),
@@ -111,7 +117,7 @@ async def run_demo(redis_url: str | None) -> int:
                 f"\n{accepted} webhooks accepted by the ingress, {replies} replies sent, "
                 f"{orders} orders in the table cache. Stopping the worker."
             )
-        await asyncio.to_thread(runtime.close)  # its loop is the worker thread's
+        await asyncio.to_thread(runtime.close)  # waits for its loop's thread
         await close_pools()
     return 0
 

@@ -40,7 +40,7 @@ class PipelineCollector(Collector):
         )
         in_flight = GaugeMetricFamily(
             "parley_partition_in_flight",
-            "1 while a partition's envelope runs",
+            "Envelopes of a partition started and not yet finished (one per busy lane)",
             labels=["partition"],
         )
         lag = GaugeMetricFamily(
@@ -52,7 +52,7 @@ class PipelineCollector(Collector):
             k = str(row.partition)
             depth.add_metric([k], row.depth)
             owner.add_metric([k, row.owner or ""], 1 if row.owner else 0)
-            in_flight.add_metric([k], 1 if row.in_flight else 0)
+            in_flight.add_metric([k], sum(row.in_flight.values()))
             lag.add_metric([k], row.lag or 0.0)
         yield depth
         yield owner

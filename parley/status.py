@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import redis
@@ -18,6 +19,7 @@ from parley.wire.keys import (
     queue_name,
 )
 from parley.wire.messages import waiting_since
+from parley.workers.pipeline import in_flight_record
 
 
 @dataclass
@@ -25,7 +27,7 @@ class PartitionState:
     partition: int
     depth: int
     owner: str | None  # the lease holder
-    in_flight: str | None  # the node running one of its envelopes
+    in_flight: dict[str, int]  # node → how many of its envelopes it is running
     lag: float | None  # seconds the oldest waiting webhook has waited
 
 
@@ -47,7 +49,7 @@ def read_state(client: redis.Redis, partitions: int) -> PipelineState:
     for k in range(partitions):
         pipe.llen(queue_name(k))
         pipe.get(lease_key(k))
-        pipe.hget(inflight_key(k), "node")
+        pipe.hvals(inflight_key(k))
         pipe.lindex(queue_name(k), -1)  # the oldest waiting message (BRPOP's end)
     pipe.zrange(NODES, 0, -1, withscores=True)
     pipe.xlen(REPLAY_LOG)
@@ -66,7 +68,7 @@ def read_state(client: redis.Redis, partitions: int) -> PipelineState:
                 k,
                 depth,
                 _text(owner),
-                _text(running),
+                dict(Counter(in_flight_record(raw).node for raw in running)),
                 max(0.0, now - since) if since is not None else None,
             )
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import time
 
 from parley import WappaBuilder, WappaEventHandler, Webhook
@@ -28,6 +29,10 @@ class RecordingHandler(WappaEventHandler):
             await self.table_cache.set_field("control", "started", seq)
             while not await self.table_cache.get_field("control", "release"):
                 await asyncio.sleep(0.02)
+        if command == "slow":  # one slow user: an LLM call
+            await asyncio.sleep(5)
+        if command == "blocking":  # sync code on the loop: the watchdog must name this line
+            time.sleep(0.6)
         if command == "flaky-cache":  # one cache write that the test makes fail for a while
             await self.table_cache.set_field("control", "flaky_reached", seq)
         await self.state_cache.append_to_list("seen", "seqs", seq)
@@ -71,12 +76,13 @@ poison = WappaBuilder().with_redis_cache().with_event_handler(PoisonHandler()).b
 
 class ChaosHandler(WappaEventHandler):
     """Each run appends ``[seq, worker pid, partition, start, end]`` to the user's state
-    in ONE atomic operation, after a few milliseconds of "work": overlapping runs of one
-    partition on two nodes would show up as overlapping intervals."""
+    in ONE atomic operation, after 5-50 ms of waiting (as on the network), so a node has
+    many users in flight: overlapping runs of one partition on two nodes would show up as
+    overlapping intervals."""
 
     async def handle_message(self, webhook: Webhook) -> None:
         started = time.time()
-        await asyncio.sleep(0.003)
+        await asyncio.sleep(random.uniform(0.005, 0.05))
         partition = partition_for(
             webhook.tenant_id, webhook.user.user_id, chaos.settings.partitions
         )

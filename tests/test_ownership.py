@@ -20,6 +20,8 @@ from parley.testing import PHONE_ID, FakeGraphAPI, RedisServer
 from parley.wire.keys import NODES, OWNERSHIP_CHANNEL, lease_key, queue_name
 from parley.wire.partition import partition_for
 from parley.workers.leases import Leases, assignment, holders
+from parley.workers.pipeline import in_flight_record
+from parley.workers.webhook import Webhook
 from tests.helpers import Pipeline, cli, wait_for
 
 PARTITIONS = 12
@@ -208,10 +210,11 @@ def test_sigterm_during_a_long_handler_keeps_the_leases_until_it_ends(
             time.sleep(0.05)
         pipeline.release_blocked()
         assert first.process.wait(timeout=30) == 0
-        assert pipeline.seqs(user) == [1]
+        # message 2 ran here only if it was taken before the consumer was cancelled
+        assert pipeline.seqs(user) in ([1], [1, 2])
         assert owned_by(redis_server) == {None: PARTITIONS}  # released on the way out
         pipeline.start_worker("tests.apps:recording", "auto", "second")
-        wait_for(lambda: pipeline.seqs(user) == [1, 2], what="message 2 on the next node")
+        wait_for(lambda: pipeline.seqs(user) == [1, 2], what="message 2, once")
     finally:
         pipeline.close()
 
@@ -259,8 +262,8 @@ def test_sigkill_mid_handler_the_successor_finishes_it_first_without_the_visibil
         wait_for(lambda: pipeline.seqs(user) == [1, 2] and pipeline.seqs(neighbour) == [10])
         runs = {(u, seq): (start, end) for u, seq, _, start, end in pipeline.runs()}
         assert len(runs) == len(pipeline.runs()) == 3
-        assert runs[(user, 1)][1] <= runs[(neighbour, 10)][0]  # nothing overtook message 1
-        # the killed node's unacked message went back in front at takeover (not after
+        assert runs[(user, 1)][1] <= runs[(user, 2)][0]  # the user's 2 did not overtake 1
+        # the killed node's unacked messages went back in front at takeover (not after
         # the broker's 1 h visibility timeout) and was acked as already done
         wait_for(lambda: redis_server.client(3).hlen("unacked") == 0, what="nothing unacked")
         assert "unacked message(s) back in front" in heir.log()
@@ -318,7 +321,8 @@ def chaos_runs(server: RedisServer, users: list[str]) -> dict[str, list[list[Any
 
 
 def overlaps(runs: dict[str, list[list[Any]]]) -> list[tuple[list[Any], list[Any]]]:
-    """Pairs of runs of one partition whose [start, end] intervals overlap."""
+    """Pairs of runs of one partition by two processes whose [start, end] intervals
+    overlap (one node runs many users of a partition at once; two nodes never)."""
     by_partition: dict[int, list[list[Any]]] = defaultdict(list)
     for user_runs in runs.values():
         for run in user_runs:
@@ -326,9 +330,24 @@ def overlaps(runs: dict[str, list[list[Any]]]) -> list[tuple[list[Any], list[Any
     found = []
     for partition_runs in by_partition.values():
         partition_runs.sort(key=lambda run: run[3])
-        for before, after in itertools.pairwise(partition_runs):
-            if after[3] < before[4]:
-                found.append((before, after))
+        for n, before in enumerate(partition_runs):
+            for after in itertools.takewhile(
+                lambda run, end=before[4]: run[3] < end, partition_runs[n + 1 :]
+            ):
+                if after[1] != before[1]:
+                    found.append((before, after))
+    return found
+
+
+def in_flight_on(server: RedisServer, node: str) -> set[tuple[str, int]]:
+    """(user, seq) of every envelope the pipeline DB records as running on ``node``."""
+    found = set()
+    for key in server.client(3).scan_iter("parley:inflight:*"):
+        for raw in server.client(3).hvals(key):
+            record = in_flight_record(raw)
+            if record.node == node:
+                text = Webhook.from_envelope(record.envelope).get_message_text()
+                found.add((record.envelope.user_id, int(text)))
     return found
 
 
@@ -371,6 +390,7 @@ def test_chaos_sigkill_and_join_under_steady_load(
         killed_partitions = {k for k, node in enumerate(owners(redis_server)) if node == killed_as}
         killed.kill()
         killed_at = time.time()
+        killed_in_flight = in_flight_on(redis_server, killed_as)
         wait_for(lambda: processed() >= webhooks // 2, timeout=120, what="half")
         pipeline.start_worker("tests.apps:chaos", "auto", "n4")
         publisher.join(timeout=120)
@@ -391,8 +411,15 @@ def test_chaos_sigkill_and_join_under_steady_load(
     assert len(missing) == lost <= 1, missing
     for user, _ in missing:
         assert partition_for(PHONE_ID, user, PARTITIONS) in killed_partitions, missing
-    repeats = sum(len(r) for r in runs.values()) - (webhooks - lost)
-    assert repeats <= 1  # at most the killed node's one in-flight webhook ran again
+    repeats = {
+        (user, seq)
+        for user, user_runs in runs.items()
+        for seq, count in Counter(run[0] for run in user_runs).items()
+        if count > 1
+    }
+    # re-run: only what the killed node had in flight (its handler ran, its done-marker
+    # was not written yet)
+    assert repeats <= killed_in_flight, (repeats, killed_in_flight)
     assert overlaps(runs) == []  # no partition was ever run by two nodes at once
     names = {worker.process.pid: worker.node for worker in pipeline.workers}
     nodes = Counter(names[run[1]] for user_runs in runs.values() for run in user_runs)

@@ -31,13 +31,21 @@ def queue_name(partition: int) -> str:
     return f"{QUEUE_PREFIX}{partition}"
 
 
+def partition_of_queue(queue: str | None) -> int | None:
+    """The partition whose queue this is (None: not a partition queue)."""
+    if queue and queue.startswith(QUEUE_PREFIX) and queue[len(QUEUE_PREFIX) :].isdigit():
+        return int(queue[len(QUEUE_PREFIX) :])
+    return None
+
+
 def lease_key(partition: int) -> str:
     """Partition k's lease: the holder's node name, with an expiry."""
     return f"parley:lease:{partition}"
 
 
 def inflight_key(partition: int) -> str:
-    """The envelope partition k is running right now, and on which node."""
+    """Every envelope of partition k that a node started and has not finished: a hash,
+    its done-marker key → ``{"envelope", "node", "started_at"}`` (JSON)."""
     return f"parley:inflight:{partition}"
 
 

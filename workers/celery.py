@@ -20,13 +20,19 @@ from parley.wire.messages import TASK_NAME, task_repr, task_shadow
 from parley.wire.partition import partition_for
 from parley.workers.settings import Settings
 
-#: How every Parley worker node runs (and the pipeline benchmark's no-op floor, so the
-#: two compare like with like): one message at a time, in order, per node.
-WORKER_OPTIONS = ("--pool", "solo", "--concurrency", "1", "--without-mingle", "--without-gossip")
+#: Celery's ``worker_pool``: its thread pool, running each lane's messages in order
+LANE_POOL = "parley.workers.lanes:LanePool"
+#: Messages a node holds per handler it can run: those parked behind a busy lane wait
+#: here, so other users' messages behind them still reach a free thread
+PREFETCH_MULTIPLIER = 4
+#: Options every Parley worker node is started with (the pool and concurrency come
+#: from the settings: ``celery_config``)
+WORKER_OPTIONS = ("--without-mingle", "--without-gossip")
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    """Parley's Celery settings: JSON only, acks after the handler, prefetch 1."""
+    """Parley's Celery settings: JSON only, acks after the handler, the lane pool with
+    ``settings.concurrency`` threads, prefetch bounded by it."""
     transport: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
     if settings.broker.startswith("memory://"):
         # the in-memory broker (parley demo) polls; its default 1 s is a second a message
@@ -46,7 +52,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_ignore_result": True,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        "worker_prefetch_multiplier": 1,
+        "worker_pool": LANE_POOL,
+        "worker_concurrency": settings.concurrency,
+        "worker_prefetch_multiplier": PREFETCH_MULTIPLIER,
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "task_create_missing_queues": True,

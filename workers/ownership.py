@@ -4,13 +4,15 @@ A thread beside the worker's event loop heartbeats, renews the node's leases and
 re-balances by rendezvous hashing (:mod:`workers.leases`). It never touches the
 consumer itself: taking and dropping a partition run on the worker's own loop (kombu's
 hub), between messages, through Celery's consumer control (``add_task_queue`` /
-``cancel_task_queue``). With a solo pool and prefetch 1 that is exactly "after the
-in-flight message is acked", so the order of events is always:
+``cancel_task_queue``). The order of events is always:
 
-- take: lease acquired (only if free) → the predecessor's unacked message is put back
-  at the front of the queue → its in-flight envelope is finished → the queue is consumed;
+- take: lease acquired (only if free) → every unacked message a predecessor left is put
+  back at the front of the queue, in its original order → the envelopes it left in
+  flight are finished → the queue is consumed;
 - hand over: consumer cancelled (a blocking pop already sent is answered and its
-  message put back in front) → the lease is released → the next owner takes it.
+  message put back in front) → the partition's lanes drain (every message of it this
+  node took runs to its end and is acked; the lease is renewed meanwhile) → the lease
+  is released → the next owner takes it.
 
 A node that cannot renew stops consuming before its leases can run out; a SIGKILLed
 node's leases simply expire (``PARLEY_LEASE_TTL``).
@@ -30,6 +32,7 @@ from celery import Celery, bootsteps, signals
 
 from parley.wire.keys import NODES, OWNERSHIP_CHANNEL, queue_name
 from parley.workers import private_api
+from parley.workers.lanes import Lanes, wait_for_lanes
 from parley.workers.leases import Leases, assignment
 
 log = logging.getLogger("parley.ownership")
@@ -38,7 +41,7 @@ log = logging.getLogger("parley.ownership")
 class Phase(enum.Enum):
     TAKING = "taking"  # lease held, consumer not added yet (recovering first)
     HELD = "held"  # consuming
-    DROPPING = "dropping"  # consumer being cancelled; lease released after
+    DROPPING = "dropping"  # consumer cancelled, lanes draining; lease released after
 
 
 class NodeNameTaken(RuntimeError):
@@ -76,6 +79,7 @@ class Coordinator:
         self.stopping = threading.Event()  # the thread ends
         self.renewed_at = time.monotonic()
         self.consumer: Any = None  # the Celery consumer, while it runs
+        self.lanes: Lanes | None = None  # its pool's lanes
         #: run on the worker's loop before a taken partition is consumed (recovery)
         self.on_take: Callable[[int], object] | None = None
         self._thread: threading.Thread | None = None
@@ -223,13 +227,23 @@ class Coordinator:
 
     def _stop_consuming(self, partition: int) -> None:
         self.cancel([partition])
+        log.info("partition %d: stopped consuming; releasing it once its lanes drain", partition)
+        if self.lanes is None:
+            self._release(partition)
+        else:
+            self.lanes.when_drained(partition, lambda: self._release(partition))
+
+    def _release(self, partition: int) -> None:
         with self.lock:
-            self.phases.pop(partition, None)
-        log.info("partition %d: stopped consuming", partition)
+            if self.phases.get(partition) is not Phase.DROPPING:
+                return  # relinquished meanwhile
+            self.phases.pop(partition)
         try:
             self.leases.release([partition])
         except redis.RedisError as exc:  # unreachable: it expires instead
             log.warning("partition %d: lease not released (%s); it will expire", partition, exc)
+        else:
+            log.info("partition %d: released", partition)
 
     def cancel(self, partitions: list[int]) -> None:
         """Stop consuming these queues, leaving no popped message behind."""
@@ -239,18 +253,28 @@ class Coordinator:
         """Run on the worker's loop thread, between messages."""
         private_api.call_soon(self.consumer, function, *args)
 
-    def relinquish(self, leave: bool) -> None:
-        """On the worker's thread, with its loop stopped: stop consuming every partition
-        and release them at once (SIGTERM, or a consumer restart)."""
+    def quiesce(self) -> list[int]:
+        """On the worker's thread, with its loop stopped (SIGTERM, or a consumer
+        restart): stop consuming every partition and wait until every message this node
+        took has run to its end. The leases stay held (and renewed) until ``relinquish``."""
         with self.lock:
             partitions = sorted(self.phases)
-            self.phases.clear()
+            self.phases.update(dict.fromkeys(partitions, Phase.DROPPING))
         if self.consumer is not None:
             try:
                 self.cancel(partitions)
             except Exception as exc:  # a dead connection: nothing is consumed on it anyway
                 log.warning("cancelling partition consumers failed: %s", exc)
             private_api.forget_queues(self.consumer, [queue_name(k) for k in partitions])
+        if self.lanes is not None:
+            wait_for_lanes(self.lanes)
+        return partitions
+
+    def relinquish(self, leave: bool) -> None:
+        """Release every partition at once, after ``quiesce``."""
+        with self.lock:
+            partitions = sorted(self.phases)
+            self.phases.clear()
         try:
             self.leases.release(partitions)
             if leave:
@@ -274,15 +298,19 @@ def install(app: Celery, coordinator: Coordinator) -> None:
             if not private_api.has_event_loop(c):
                 raise RuntimeError("--partitions auto needs the worker's event loop")
             coordinator.consumer = c
+            coordinator.lanes = private_api.pool_of(c).lanes
             coordinator.start()
 
         def stop(self, c: Any) -> None:
-            # a consumer restart (broker connection lost): start over with no partitions
+            # Celery stops the consumer before the pool: the lanes can still drain here
+            coordinator.quiesce()  # the ownership thread keeps renewing meanwhile
             if not coordinator.draining.is_set():
+                # a consumer restart (broker connection lost): start over with no partitions
                 coordinator.relinquish(leave=False)
 
         def shutdown(self, c: Any) -> None:
             coordinator.draining.set()
+            coordinator.quiesce()  # nothing left to wait for, unless stop was skipped
             coordinator.stop()
             coordinator.relinquish(leave=True)
 

@@ -1,9 +1,10 @@
 """The pipeline DB's per-webhook bookkeeping: done-markers, in-flight records, dead letters.
 
 At-least-once delivery, made narrow: a webhook whose handler completed is marked done
-before its message is acked, so a redelivery is acked without running again; the
-envelope a partition is running is recorded, so a node that starts consuming the
-partition after a crash finishes it first and nothing newer overtakes it.
+before its message is acked, so a redelivery is acked without running again; every
+envelope a partition has started and not finished is recorded (one per busy lane), so
+a node that starts consuming the partition after a crash finishes them first and
+nothing newer of the same user overtakes them.
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ class PipelineStore(Protocol):
         """Record the failure, mark the envelope done; returns the dead letter's id."""
         ...
 
-    async def in_flight(self, partition: int) -> InFlight | None: ...
+    async def in_flight(self, partition: int) -> list[InFlight]:
+        """The partition's started, unfinished envelopes, oldest first."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -78,12 +81,20 @@ class RedisPipelineStore:
     async def begin(
         self, envelope: Envelope, partition: int, node: str, fenced: bool = False
     ) -> int:
+        record = orjson.dumps(
+            {
+                "node": node,
+                "started_at": time.time(),
+                "envelope": orjson.Fragment(envelope.encode()),
+            }
+        )
+        key = done_key(envelope)
         return int(
             await evalsha(
                 self.client,
                 self._begin,
-                [done_key(envelope), inflight_key(partition), lease_key(partition)],
-                [envelope.encode(), node, time.time(), "1" if fenced else "0"],
+                [key, inflight_key(partition), lease_key(partition)],
+                [record, node, "1" if fenced else "0", key],
             )
         )
 
@@ -125,19 +136,19 @@ class RedisPipelineStore:
                 pipe.xdel(DEAD_LETTERS, envelope.dead_letter_id)
             pipe.xadd(DEAD_LETTERS, entry)  # type: ignore[arg-type]
             pipe.set(done_key(envelope), time.time(), ex=self.done_ttl)
-            pipe.delete(inflight_key(partition))
+            pipe.hdel(inflight_key(partition), done_key(envelope))
             *_, entry_id, _, _ = await pipe.execute()
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
-    async def in_flight(self, partition: int) -> InFlight | None:
-        record = cast("dict[bytes, bytes]", await self.client.hgetall(inflight_key(partition)))
-        if not record:
-            return None
-        return InFlight(
-            Envelope.from_json(orjson.loads(record[b"envelope"])),
-            record[b"node"].decode(),
-            float(record[b"started_at"]),
-        )
+    async def in_flight(self, partition: int) -> list[InFlight]:
+        records = cast("list[bytes]", await self.client.hvals(inflight_key(partition)))
+        return sorted((in_flight_record(raw) for raw in records), key=lambda r: r.started_at)
+
+
+def in_flight_record(raw: bytes) -> InFlight:
+    """One value of a partition's in-flight hash (see begin.lua)."""
+    record = orjson.loads(raw)
+    return InFlight(Envelope.from_json(record["envelope"]), record["node"], record["started_at"])
 
 
 class MemoryPipelineStore:
@@ -146,7 +157,7 @@ class MemoryPipelineStore:
 
     def __init__(self) -> None:
         self.done: set[str] = set()
-        self.running: dict[int, InFlight] = {}
+        self.running: dict[str, tuple[int, InFlight]] = {}  # done key → partition, record
         self.dead: list[dict[str, object]] = []
 
     async def begin(
@@ -154,12 +165,12 @@ class MemoryPipelineStore:
     ) -> int:
         if done_key(envelope) in self.done:
             return ALREADY_DONE
-        self.running[partition] = InFlight(envelope, node, time.time())
+        self.running[done_key(envelope)] = (partition, InFlight(envelope, node, time.time()))
         return STARTED
 
     async def finish(self, envelope: Envelope, partition: int, seconds: float) -> None:
         self.done.add(done_key(envelope))
-        self.running.pop(partition, None)
+        self.running.pop(done_key(envelope), None)
 
     async def dead_letter(
         self,
@@ -174,8 +185,8 @@ class MemoryPipelineStore:
         await self.finish(envelope, partition, 0.0)
         return f"memory-{len(self.dead)}"
 
-    async def in_flight(self, partition: int) -> InFlight | None:
-        return self.running.get(partition)
+    async def in_flight(self, partition: int) -> list[InFlight]:
+        return [record for k, record in self.running.values() if k == partition]
 
     async def aclose(self) -> None:
         pass

@@ -31,6 +31,18 @@ def has_event_loop(consumer: Any) -> bool:
     return consumer.hub is not None
 
 
+def pool_of(consumer: Any) -> Any:
+    """The worker's pool (Parley's :class:`~parley.workers.lanes.LanePool`)."""
+    return consumer.pool
+
+
+def consumed_queues(consumer: Any) -> list[Any]:
+    """The kombu queues the consumer takes messages from."""
+    if consumer.task_consumer is None:
+        return []
+    return list(consumer.task_consumer.queues)
+
+
 def call_soon(consumer: Any, function: Callable[..., object], *args: Any) -> None:
     """Run ``function`` on the worker's loop thread, between messages (``consumer.hub``)."""
     consumer.hub.call_soon(function, *args)

@@ -1,8 +1,10 @@
 """The runtime that runs handlers in a worker process.
 
-Each worker process keeps ONE asyncio event loop for its whole life (connection
-pools and the messenger's keep-alive client live on it), consumes its partition
-queues with concurrency 1, and acks a message only after its handler finished.
+Each worker process keeps ONE asyncio event loop for its whole life, on a thread of
+its own (connection pools and the messenger's keep-alive client live on it). Celery's
+pool threads (:mod:`parley.workers.lanes`) each hand one envelope to that loop and
+wait for its outcome, so up to ``--concurrency`` handlers await the network at once;
+a message is acked only after its handler finished or was dead-lettered.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import os
 import random
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,9 +34,11 @@ from parley.workers.messenger import MessengerTransientError, WhatsAppMessenger
 from parley.workers.pipeline import (
     ALREADY_DONE,
     NOT_LEASE_HOLDER,
+    InFlight,
     PipelineStore,
     RedisPipelineStore,
 )
+from parley.workers.watchdog import LoopWatchdog
 from parley.workers.webhook import Webhook
 
 log = logging.getLogger("parley.worker")
@@ -89,25 +94,41 @@ class Runtime:
             api_base=self.settings.whatsapp_api_base,
             api_version=self.settings.whatsapp_api_version,
         )
-        self._started = False
+        self._thread: threading.Thread | None = None
+        self._starting = threading.Lock()
+        self.watchdog = LoopWatchdog(self.loop, type(app.handler))
         #: --partitions auto: run an envelope only while holding its partition's lease
         self.fenced = False
         self.on_lease_lost: Callable[[int], object] | None = None
         self._broker: Redis | None = None
 
+    def start(self) -> None:
+        """Start the loop's thread and the app's ``on_startup`` (once; any thread)."""
+        with self._starting:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(
+                target=self.loop.run_forever, name="parley-loop", daemon=True
+            )
+            self._thread.start()
+            asyncio.run_coroutine_threadsafe(self.app.handler.on_startup(), self.loop).result()
+            self.watchdog.start()
+
     def run(self, coro: Any) -> Any:
-        if not self._started:
-            self._started = True
-            self.loop.run_until_complete(self.app.handler.on_startup())
-        return self.loop.run_until_complete(coro)
+        """Run ``coro`` on the process's loop and wait for its result (from any thread
+        but the loop's own)."""
+        self.start()
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     def handle(self, raw: dict[str, Any]) -> str:
-        """The Celery task: one envelope, run to its end on this process's loop."""
+        """The Celery task, on a pool thread: one envelope, run to its end on the loop."""
         return self.run(self.process(raw))  # type: ignore[no-any-return]
 
     def close(self) -> None:
+        started = self._thread is not None
+
         async def _close() -> None:
-            if self._started:
+            if started:
                 await self.app.handler.on_shutdown()
             await self.messenger.aclose()
             if self._broker is not None:
@@ -115,7 +136,13 @@ class Runtime:
             await self.pipeline.aclose()
             await close_pools()
 
-        self.loop.run_until_complete(_close())
+        if self._thread is None:
+            self.loop.run_until_complete(_close())
+        else:
+            self.watchdog.stop()
+            asyncio.run_coroutine_threadsafe(_close(), self.loop).result()
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join()
         self.loop.close()
 
     # -- one envelope --------------------------------------------------------------------
@@ -223,19 +250,24 @@ class Runtime:
         await dispatch(self.app, envelope, self.messenger.for_tenant(envelope.tenant_id))
 
     async def recover(self, partitions: list[int]) -> int:
-        """Finish the in-flight envelope a crashed owner left in each partition, before the
-        partition's queue is consumed. Returns how many were finished."""
-        finished = 0
+        """Finish the envelopes a crashed owner left in flight in these partitions, before
+        their queues are consumed: each lane's in the order they started, lanes at once.
+        Returns how many were finished."""
+        lanes: dict[tuple[str, str], list[InFlight]] = {}
         for partition in partitions:
-            record = await self.pipeline.in_flight(partition)
-            if record is None:
-                continue
-            log.warning(
-                "partition %d: finishing %s left in flight by %s",
-                partition,
-                task_repr(record.envelope),
-                record.node,
-            )
-            await self.process(record.envelope.to_json())
-            finished += 1
-        return finished
+            for record in await self.pipeline.in_flight(partition):
+                lane = (record.envelope.tenant_id, record.envelope.user_id)
+                lanes.setdefault(lane, []).append(record)
+                log.warning(
+                    "partition %d: finishing %s left in flight by %s",
+                    partition,
+                    task_repr(record.envelope),
+                    record.node,
+                )
+
+        async def finish(records: list[InFlight]) -> None:
+            for record in sorted(records, key=lambda r: r.started_at):
+                await self.process(record.envelope.to_json())
+
+        await asyncio.gather(*(finish(records) for records in lanes.values()))
+        return sum(len(records) for records in lanes.values())
