@@ -44,6 +44,8 @@ def test_a_lane_runs_its_messages_one_at_a_time_in_order_and_others_at_once() ->
     assert lanes.unfinished() == {1: 1} and not lanes.wait_drained(timeout=0.01)
     lanes.leave(("t", "a"), 1)
     assert lanes.wait_drained(timeout=0) and lanes.busy() == 0
+    lanes.when_drained(7, lambda: drained.append(7))  # nothing of it here: at once
+    assert drained == [0, 7] and lanes.unfinished() == {}
 
 
 def test_many_threads_entering_and_leaving_keep_each_lane_in_order() -> None:

@@ -87,10 +87,9 @@ class Lanes:
         """Call ``callback`` once no message of ``partition`` is unfinished here (now, if
         none is; else on the thread that finishes the last one)."""
         with self._lock:
-            if self._unfinished[partition]:
+            if self._unfinished.get(partition):
                 self._on_drained.setdefault(partition, []).append(callback)
                 return
-            del self._unfinished[partition]
         callback()
 
     def wait_drained(self, timeout: float | None = None) -> bool:
