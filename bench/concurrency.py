@@ -15,10 +15,8 @@ import argparse
 import sys
 
 from bench.pipeline import run_worker
-from parley.testing import RedisServer, envelope
-from parley.wire.keys import queue_name
-from parley.wire.messages import celery_message
-from parley.wire.partition import partition_for
+from bench.scaling import fill
+from parley.testing import RedisServer
 from parley.workers.settings import Settings
 
 WAIT = 0.2  # the handler's await, seconds (bench/apps.py: WaitingHandler)
@@ -28,12 +26,7 @@ def main(webhooks: int, users: int, concurrency: int) -> None:
     server = RedisServer().start()
     try:
         settings = Settings(redis_url=server.url, concurrency=concurrency)
-        pipe = server.client(3).pipeline(transaction=False)
-        for n in range(webhooks):
-            env = envelope(f"5191{n % users:06d}", f"hello {n}")
-            queue = queue_name(partition_for(env.tenant_id, env.user_id, settings.partitions))
-            pipe.lpush(queue, celery_message(env, queue))
-        pipe.execute()
+        fill(server, settings, webhooks, users)
         env = {
             "PARLEY_REDIS_URL": server.url,
             "PARLEY_PARTITIONS": str(settings.partitions),

@@ -28,10 +28,11 @@ from parley.workers.leases import holders
 from parley.workers.settings import Settings
 
 
-def fill(server: RedisServer, settings: Settings, webhooks: int) -> None:
+def fill(server: RedisServer, settings: Settings, webhooks: int, users: int = USERS) -> None:
+    """Put ``webhooks`` messages of ``users`` users, taking turns, on their queues."""
     pipe = server.client(3).pipeline(transaction=False)
     for n in range(webhooks):
-        env = envelope(f"5190{n % USERS:06d}", f"hello {n}")
+        env = envelope(f"5190{n % users:06d}", f"hello {n}")
         queue = queue_name(partition_for(env.tenant_id, env.user_id, settings.partitions))
         pipe.lpush(queue, celery_message(env, queue))
     pipe.execute()
