@@ -117,7 +117,8 @@ class Runtime:
     def run(self, coro: Any) -> Any:
         """Run ``coro`` on the process's loop and wait for its result (from any thread
         but the loop's own)."""
-        self.start()
+        if self._thread is None:  # once: no lock taken per message after that
+            self.start()
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     def handle(self, raw: dict[str, Any]) -> str:
