@@ -41,4 +41,11 @@ class CacheUnavailableError(CacheError):
     """The backend itself failed (server down, disk full).
 
     Raised instead of returning ``False``: a write that silently fails is lost data.
+    ``retry_safe`` says whether running the operation again cannot apply it twice: it
+    never reached the server, or it is a read or an idempotent write. An increment whose
+    reply was lost may have run, so it is not retry-safe, and its message says so.
     """
+
+    def __init__(self, message: str, *, retry_safe: bool = False) -> None:
+        super().__init__(message)
+        self.retry_safe = retry_safe

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, ClassVar, Self
 
 from parley.cache.caches import StateCache, TableCache, UserCache
@@ -31,12 +32,21 @@ class CacheFactory(ABC):
     settings: ClassVar[CacheSettings | None] = None
     key_factory: ClassVar[KeyFactory] = KeyFactory()
 
-    def __init__(self, tenant_id: str, user_id: str | None = None) -> None:
+    def __init__(
+        self,
+        tenant_id: str,
+        user_id: str | None = None,
+        *,
+        around: Callable[[Store], Store] | None = None,
+    ) -> None:
+        """``around`` wraps the store of every cache made here: the worker passes each
+        operation through its retry and ownership checks (``parley.workers.calls``)."""
         escape_id(tenant_id, "tenant_id")  # fail here, not at the first cache call
         if user_id is not None:
             escape_id(user_id, "user_id")
         self.tenant_id = tenant_id
         self.user_id = user_id
+        self.around = around
 
     @classmethod
     def configured(cls, settings: CacheSettings | None = None, **overrides: Any) -> type[Self]:
@@ -54,6 +64,10 @@ class CacheFactory(ABC):
     def _store(self, kind: CacheKind) -> Store:
         """The process-wide store of that cache kind for these settings."""
 
+    def _cache_store(self, kind: CacheKind) -> Store:
+        store = self._store(kind)
+        return store if self.around is None else self.around(store)
+
     def _require_user(self, what: str) -> str:
         if self.user_id is None:
             raise CacheArgumentError(f"{what} needs a user_id (tenant {self.tenant_id!r})")
@@ -61,7 +75,7 @@ class CacheFactory(ABC):
 
     def create_state_cache(self) -> StateCache:
         return StateCache(
-            self._store("state"),
+            self._cache_store("state"),
             self.key_factory,
             self.tenant_id,
             self._require_user("the state cache"),
@@ -70,7 +84,7 @@ class CacheFactory(ABC):
 
     def create_user_cache(self) -> UserCache:
         return UserCache(
-            self._store("user"),
+            self._cache_store("user"),
             self.key_factory,
             self.tenant_id,
             self._require_user("the user cache"),
@@ -79,7 +93,7 @@ class CacheFactory(ABC):
 
     def create_table_cache(self) -> TableCache:
         return TableCache(
-            self._store("table"),
+            self._cache_store("table"),
             self.key_factory,
             self.tenant_id,
             self._settings().default_ttl("table"),

@@ -37,10 +37,12 @@ MAX_NAME = 200  # bytes, well under the usual 255 limit of a file name
 
 @contextlib.contextmanager
 def _disk(what: str) -> Iterator[None]:
+    """A failed read or write may be retried: a write lands whole (renamed into place)
+    or not at all."""
     try:
         yield
     except OSError as exc:
-        raise CacheUnavailableError(f"JSON cache: {what}: {exc}") from exc
+        raise CacheUnavailableError(f"JSON cache: {what}: {exc}", retry_safe=True) from exc
 
 
 class JSONFileStore(LocalStore):
@@ -70,7 +72,9 @@ class JSONFileStore(LocalStore):
             with _disk(f"lock for {key!r}"), lock.acquire(timeout=LOCK_TIMEOUT):
                 yield lock
         except Timeout as exc:
-            raise CacheUnavailableError(f"JSON cache: lock for {key!r} not acquired") from exc
+            raise CacheUnavailableError(
+                f"JSON cache: lock for {key!r} not acquired", retry_safe=True
+            ) from exc
 
     def _ensure_folders(self) -> None:
         if not self._ready:
@@ -86,7 +90,9 @@ class JSONFileStore(LocalStore):
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise CacheUnavailableError(f"JSON cache: reading {key!r}: {exc}") from exc
+            raise CacheUnavailableError(
+                f"JSON cache: reading {key!r}: {exc}", retry_safe=True
+            ) from exc
         try:
             stored = orjson.loads(raw)
             fields = {field: orjson.dumps(value) for field, value in stored["data"].items()}

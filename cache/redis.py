@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import ClassVar, TypeVar, cast
+from typing import Any, ClassVar, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
@@ -22,8 +22,9 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import BusyLoadingError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from parley.cache.codec import Fields
 from parley.cache.errors import CacheArgumentError, CacheTypeError, CacheUnavailableError
@@ -37,6 +38,25 @@ MARKER = b"\x00"  # the field that keeps an empty document in existence (see _tt
 
 #: The read-modify-write scripts, each after the shared TTL rules (``_ttl.lua``)
 SCRIPTS = ("set", "set_field", "increment_field", "append_to_list")
+#: The operations that must not run twice: a retry after a lost reply would apply them
+#: again (every other operation is a read or writes the same thing twice)
+NOT_IDEMPOTENT = frozenset({"increment_field", "append_to_list"})
+
+
+class NotSentError(RedisConnectionError):
+    """No connection could be had, so the command was never sent: retrying is safe."""
+
+
+class _ConnectionPool(ConnectionPool):
+    """Tells a failure to connect (nothing sent) from one after sending: a pooled
+    connection is connected and checked for a closed socket here, before any command
+    is written to it."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise NotSentError(str(exc)) from exc
 
 
 def redact(url: str) -> str:
@@ -73,15 +93,13 @@ class RedisStore:
         loop = asyncio.get_running_loop()
         connection = self._connections.get(loop)
         if connection is None:
-            pool = ConnectionPool.from_url(
+            pool = _ConnectionPool.from_url(
                 self.url,
                 socket_timeout=self._settings.redis_socket_timeout,
                 socket_connect_timeout=self._settings.redis_socket_timeout,
-                # One immediate retry, on a dropped connection only: that is how a pooled
-                # connection finds out that the server restarted. Never on a timeout: a
-                # script whose reply is late may have run, and running an increment twice
-                # is worse than reporting the failure.
-                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+                # No retry here: a command whose reply was lost may have run. The error
+                # says whether a retry is safe (``retry_safe``); the caller retries.
+                retry=Retry(NoBackoff(), 0),
             )
             client = Redis(connection_pool=pool)
             gate = asyncio.Semaphore(self._settings.redis_max_connections)
@@ -100,7 +118,12 @@ class RedisStore:
             await connection[0].aclose()
 
     async def _call(
-        self, key: str, field: str | None, command: Callable[[Redis], Awaitable[T]]
+        self,
+        key: str,
+        field: str | None,
+        command: Callable[[Redis], Awaitable[T]],
+        *,
+        idempotent: bool = True,
     ) -> T:
         client, gate = self._connection()
         if gate.locked():  # every connection busy: wait, don't fail
@@ -109,12 +132,17 @@ class RedisStore:
             except TimeoutError:
                 raise CacheUnavailableError(
                     f"Redis at {redact(self.url)}: no free connection within "
-                    f"{self._settings.redis_pool_timeout}s for {key!r}"
+                    f"{self._settings.redis_pool_timeout}s for {key!r}",
+                    retry_safe=True,
                 ) from None
         else:
             await gate.acquire()  # free: returns at once
         try:
             return await command(client)
+        except (NotSentError, BusyLoadingError) as exc:  # the command did not run
+            raise CacheUnavailableError(
+                f"Redis at {redact(self.url)} unavailable for {key!r}: {exc}", retry_safe=True
+            ) from exc
         except ResponseError as exc:
             message = str(exc)
             if "PARLEY_NOT_NUMBER" in message:
@@ -128,9 +156,11 @@ class RedisStore:
             raise CacheUnavailableError(
                 f"Redis at {redact(self.url)} refused an operation on {key!r}: {exc}"
             ) from exc
-        except RedisError as exc:
+        except RedisError as exc:  # sent, and then the connection failed or timed out
             raise CacheUnavailableError(
                 f"Redis at {redact(self.url)} unavailable for {key!r}: {exc}"
+                + ("" if idempotent else " (it may have been applied: not retried)"),
+                retry_safe=idempotent,
             ) from exc
         finally:
             gate.release()
@@ -140,7 +170,12 @@ class RedisStore:
         if script is None:
             self._connection()
             script = self._scripts[name]
-        return await self._call(key, field, lambda client: evalsha(client, script, [key], args))
+        return await self._call(
+            key,
+            field,
+            lambda client: evalsha(client, script, [key], args),
+            idempotent=name not in NOT_IDEMPOTENT,
+        )
 
     async def get(self, key: str) -> Fields | None:
         raw = cast(

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 from parley.testing import FakeGraphAPI
+from parley.testing.redis_server import free_port
+from parley.workers.calls import TransientFailure
 from parley.workers.messenger import MessengerError, MessengerTransientError, WhatsAppMessenger
 
 TOKEN = "secret-token"
@@ -97,20 +99,53 @@ async def test_retry_after_is_honoured(graph: FakeGraphAPI) -> None:
     await m.aclose()
 
 
-async def test_exhausted_retries_are_transient(graph: FakeGraphAPI) -> None:
-    m = messenger(graph, max_retries=2)
-    graph.fail_next(5, status=503)
-    with pytest.raises(MessengerTransientError) as caught:
+async def test_retries_end_at_the_deadline(graph: FakeGraphAPI) -> None:
+    m = messenger(graph, retry_deadline=0.3)
+    graph.fail_next(1000, status=503)
+    with pytest.raises(TransientFailure, match="PARLEY_TRANSIENT_DEADLINE") as caught:
         await m.send_text("hi", "1")
-    assert caught.value.status_code == 503 and graph.requests == 3
+    cause = caught.value.__cause__
+    assert isinstance(cause, MessengerTransientError) and cause.status_code == 503
+    assert graph.requests > 1 and not graph.sent
     await m.aclose()
 
 
-async def test_timeouts_are_transient(graph: FakeGraphAPI) -> None:
-    m = messenger(graph, max_retries=1, timeout=0.2)
+async def test_a_timeout_after_sending_is_not_retried(graph: FakeGraphAPI) -> None:
+    """The request reached the Graph API: it may have sent the message, so a retry
+    could send it twice."""
+    m = messenger(graph, timeout=0.2)
     graph.fail_next(2, status=500, delay=0.5)
-    with pytest.raises(MessengerTransientError, match="unreachable"):
+    with pytest.raises(MessengerTransientError, match="may have gone out") as caught:
         await m.send_text("hi", "1")
+    assert not caught.value.retry_safe
+    assert graph.requests == 1
+    await m.aclose()
+
+
+async def test_a_gateway_error_is_not_retried(graph: FakeGraphAPI) -> None:
+    m = messenger(graph)
+    graph.fail_next(1, status=502)
+    with pytest.raises(MessengerTransientError, match="may have gone out"):
+        await m.send_text("hi", "1")
+    assert graph.requests == 1
+    await m.aclose()
+
+
+async def test_connection_refused_is_retried_until_the_deadline() -> None:
+    m = WhatsAppMessenger(
+        TOKEN, "1065", api_base=f"http://127.0.0.1:{free_port()}", retry_deadline=0.3
+    )
+    with pytest.raises(TransientFailure) as caught:
+        await m.send_text("hi", "1")
+    assert "unreachable" in str(caught.value) and "busy" not in str(caught.value)
+    await m.aclose()
+
+
+async def test_dns_failures_say_dns(caplog: pytest.LogCaptureFixture) -> None:
+    m = WhatsAppMessenger(TOKEN, "1065", api_base="http://graph.invalid", retry_deadline=0.2)
+    with pytest.raises(TransientFailure, match=r"not found \(DNS\)"):
+        await m.send_text("hi", "1")
+    assert "DNS" in caplog.text and "busy" not in caplog.text
     await m.aclose()
 
 

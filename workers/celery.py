@@ -12,7 +12,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
 from parley.wire.envelope import Envelope
 from parley.wire.keys import DEFAULT_QUEUE, queue_name
@@ -64,14 +64,19 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def create_celery(
-    settings: Settings, handle: Callable[[dict[str, Any]], str] | None = None
+    settings: Settings,
+    handle: Callable[[dict[str, Any]], str] | None = None,
+    on_shutdown: Callable[[], object] | None = None,
 ) -> Celery:
     """A Celery app for these settings; with ``handle``, the worker's one task
-    (``parley.handle``: one envelope's JSON in, its outcome out)."""
+    (``parley.handle``: one envelope's JSON in, its outcome out); ``on_shutdown`` is
+    called as soon as a warm shutdown begins (SIGTERM), before the tasks in hand end."""
     app = Celery("parley")
     app.conf.update(celery_config(settings))
     if handle is not None:
         app.task(name=TASK_NAME, ignore_result=True, shared=False)(handle)
+    if on_shutdown is not None:
+        signals.worker_shutting_down.connect(lambda **_: on_shutdown(), weak=False)
     return app
 
 

@@ -1,24 +1,26 @@
 """``self.messenger``: the WhatsApp Cloud API client handlers reply with.
 
 One keep-alive ``httpx.AsyncClient`` per worker process; ``for_tenant`` gives a view
-that sends from the webhook's phone number over the same client. 429, 5xx, timeouts
-and connection errors are retried with capped exponential backoff (honouring
-``Retry-After``); once retries are exhausted they raise ``MessengerTransientError``,
-which the worker retries in place. Other 4xx raise ``MessengerError`` at once, with
-Meta's error code.
+that sends from the webhook's phone number over the same client, with that webhook's
+retry policy (``parley.workers.calls``). A request is retried only where that cannot
+send a message twice: the connection failed (nothing was sent), or Meta answered 429,
+500 or 503 (it did not do it). A timeout or a dropped connection after sending, a 502
+or 504 from a gateway: the message may have gone out, so the error is raised at once
+and says so. Other 4xx raise ``MessengerError`` at once, with Meta's error code.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import random
-from typing import Any, cast
+import socket
+from typing import Any, Self, cast
 from urllib.parse import quote
 
 import httpx
 
-log = logging.getLogger("parley.messenger")
+from parley.workers.calls import Calls
+
+#: Answers that say Meta did not do it: retrying cannot send twice
+NOT_DONE = frozenset({429, 500, 503})
 
 
 class MessengerError(Exception):
@@ -38,7 +40,7 @@ class MessengerError(Exception):
         self.fbtrace_id = fbtrace_id
 
     @classmethod
-    def from_response(cls, response: httpx.Response) -> MessengerError:
+    def from_response(cls, response: httpx.Response) -> Self:
         try:
             error = response.json().get("error") or {}
         except ValueError:
@@ -54,7 +56,42 @@ class MessengerError(Exception):
 
 
 class MessengerTransientError(MessengerError):
-    """Rate limited, server error or network trouble, retries exhausted: try again later."""
+    """Rate limited, a server error or network trouble. ``retry_safe``: the request
+    certainly did not send anything, so it may be sent again."""
+
+    retry_safe = False
+    retry_after: float | None = None
+
+    @classmethod
+    def not_sent(cls, reason: str | httpx.Response) -> Self:
+        """Nothing was sent (the connection failed), or Meta answered that it did not
+        do it (429, 500, 503; with its ``Retry-After``)."""
+        if isinstance(reason, str):
+            error = cls(reason)
+        else:
+            error = cls.from_response(reason)
+            retry_after = reason.headers.get("Retry-After")
+            error.retry_after = float(retry_after) if _is_number(retry_after) else None
+        error.retry_safe = True
+        return error
+
+
+def _is_number(text: str | None) -> bool:
+    try:
+        return text is not None and float(text) >= 0
+    except ValueError:
+        return False
+
+
+def _unreachable(api_base: str, exc: httpx.TransportError) -> str:
+    """Why nothing was sent: a name that does not resolve is a configuration problem
+    (WHATSAPP_API_BASE, DNS), not a busy Graph API."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, socket.gaierror):
+            return f"Graph API host of {api_base} not found (DNS): {cause}"
+        cause = cause.__cause__ or cause.__context__
+    return f"Graph API at {api_base} unreachable: {exc!r}"
 
 
 class WhatsAppMessenger:
@@ -66,19 +103,22 @@ class WhatsAppMessenger:
         api_base: str = "https://graph.facebook.com",
         api_version: str = "v21.0",
         client: httpx.AsyncClient | None = None,
-        max_retries: int = 4,
+        retry_deadline: float = 30.0,
         backoff_base: float = 0.2,
         backoff_max: float = 5.0,
         timeout: float = 10.0,
     ) -> None:
+        """Used on its own, a request is retried for up to ``retry_deadline`` seconds;
+        in a handler, the worker's per-envelope policy applies (``for_tenant``)."""
         self.token = token
         self.phone_id = phone_id
         self.api_base = api_base.rstrip("/")
         self.api_version = api_version
-        self.max_retries = max_retries
+        self.retry_deadline = retry_deadline
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.timeout = timeout
+        self.calls: Calls | None = None
         self._client = client
 
     def _http(self) -> httpx.AsyncClient:
@@ -88,10 +128,13 @@ class WhatsAppMessenger:
             )
         return self._client
 
-    def for_tenant(self, phone_id: str) -> WhatsAppMessenger:
+    def for_tenant(self, phone_id: str, calls: Calls | None = None) -> WhatsAppMessenger:
+        """A view sending from ``phone_id`` over this client, its requests retried by
+        ``calls`` (one webhook's policy and deadline)."""
         view = object.__new__(WhatsAppMessenger)
         view.__dict__.update(self.__dict__)
         view.phone_id = phone_id
+        view.calls = calls
         view._client = self._http()
         return view
 
@@ -102,45 +145,41 @@ class WhatsAppMessenger:
 
     # -- the wire --------------------------------------------------------------------
 
-    def _backoff(self, attempt: int, retry_after: str | None) -> float:
-        if retry_after:
-            try:
-                return min(self.backoff_max, max(0.0, float(retry_after)))
-            except ValueError:
-                pass
-        delay: float = min(self.backoff_max, self.backoff_base * 2**attempt)  # int ** int: Any
-        return delay * random.uniform(0.5, 1.0)
-
     async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         # the phone number id comes from a webhook: one path segment, whatever it holds
         url = f"{self.api_base}/{self.api_version}/{quote(self.phone_id, safe='')}/messages"
         headers = {"Authorization": f"Bearer {self.token}"}
-        attempt = 0
-        while True:
-            try:
-                response = await self._http().post(url, json=body, headers=headers)
-            except (httpx.TimeoutException, httpx.TransportError) as exc:
-                if attempt >= self.max_retries:
-                    raise MessengerTransientError(f"Graph API unreachable: {exc!r}") from exc
-                delay = self._backoff(attempt, None)
-            else:
-                if response.status_code < 400:
-                    return cast("dict[str, Any]", response.json())
-                if response.status_code != 429 and response.status_code < 500:
-                    raise MessengerError.from_response(response)
-                if attempt >= self.max_retries:
-                    error = MessengerError.from_response(response)
-                    raise MessengerTransientError(
-                        str(error),
-                        status_code=error.status_code,
-                        code=error.code,
-                        subcode=error.subcode,
-                        fbtrace_id=error.fbtrace_id,
-                    )
-                delay = self._backoff(attempt, response.headers.get("Retry-After"))
-            attempt += 1
-            log.info("Graph API busy; retry %d in %.2fs", attempt, delay)
-            await asyncio.sleep(delay)
+        calls = self.calls or Calls(
+            deadline=self.retry_deadline, backoff=self.backoff_base, backoff_max=self.backoff_max
+        )
+        return await calls.call("Graph API request", lambda: self._attempt(url, body, headers))
+
+    async def _attempt(
+        self, url: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> dict[str, Any]:
+        """One request; the error says whether sending it again is safe."""
+        try:
+            response = await self._http().post(url, json=body, headers=headers)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise MessengerTransientError.not_sent(_unreachable(self.api_base, exc)) from exc
+        except httpx.TransportError as exc:  # a timeout or a dropped connection, after sending
+            raise MessengerTransientError(
+                f"Graph API request failed after it was sent ({exc!r}): the message may "
+                "have gone out, so it is not sent again"
+            ) from exc
+        if response.status_code < 400:
+            return cast("dict[str, Any]", response.json())
+        if response.status_code in NOT_DONE:
+            raise MessengerTransientError.not_sent(response)
+        if response.status_code >= 500:  # a gateway lost Meta's answer: it may have sent it
+            error = MessengerError.from_response(response)
+            raise MessengerTransientError(
+                f"{error} (the message may have gone out, so it is not sent again)",
+                status_code=error.status_code,
+                code=error.code,
+                fbtrace_id=error.fbtrace_id,
+            )
+        raise MessengerError.from_response(response)
 
     async def _send(
         self, recipient: str, kind: str, content: dict[str, Any], reply_to: str | None = None

@@ -57,8 +57,10 @@ class PipelineStore(Protocol):
         handler: str,
         attempts: int,
         first_failure: float,
+        reason: str = "error",
     ) -> str:
-        """Record the failure, mark the envelope done; returns the dead letter's id."""
+        """Record the failure, mark the envelope done; returns the dead letter's id.
+        ``reason``: transient, timeout or error (``runtime.failure_reason``)."""
         ...
 
     async def in_flight(self, partition: int) -> list[InFlight]:
@@ -74,6 +76,7 @@ class RedisPipelineStore:
         self.done_ttl = done_ttl
         self._begin = client.register_script(lua("parley.workers", "begin"))
         self._finish = client.register_script(lua("parley.workers", "finish"))
+        self._dead_letter = client.register_script(lua("parley.workers", "dead_letter"))
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -115,6 +118,7 @@ class RedisPipelineStore:
         handler: str,
         attempts: int,
         first_failure: float,
+        reason: str = "error",
     ) -> str:
         entry = {
             "envelope": envelope.encode(),
@@ -124,6 +128,7 @@ class RedisPipelineStore:
             "kind": envelope.kind,
             "partition": partition,
             "handler": handler,
+            "reason": reason,
             "error_type": f"{type(error).__module__}.{type(error).__qualname__}",
             "error": str(error)[:2000],
             "traceback": "".join(traceback.format_exception(error))[-8000:],
@@ -131,13 +136,15 @@ class RedisPipelineStore:
             "first_failure": envelope.first_failure or first_failure,
             "last_failure": time.time(),
         }
-        async with self.client.pipeline(transaction=True) as pipe:
-            if envelope.dead_letter_id:  # failed again: the new entry replaces the old
-                pipe.xdel(DEAD_LETTERS, envelope.dead_letter_id)
-            pipe.xadd(DEAD_LETTERS, entry)  # type: ignore[arg-type]
-            pipe.set(done_key(envelope), time.time(), ex=self.done_ttl)
-            pipe.hdel(inflight_key(partition), done_key(envelope))
-            *_, entry_id, _, _ = await pipe.execute()
+        flat: list[object] = []
+        for field, value in entry.items():
+            flat += (field, value)
+        entry_id = await evalsha(
+            self.client,
+            self._dead_letter,
+            [done_key(envelope), inflight_key(partition), DEAD_LETTERS],
+            [self.done_ttl, envelope.dead_letter_id or "", *flat],
+        )
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
     async def in_flight(self, partition: int) -> list[InFlight]:
@@ -180,8 +187,11 @@ class MemoryPipelineStore:
         handler: str,
         attempts: int,
         first_failure: float,
+        reason: str = "error",
     ) -> str:
-        self.dead.append({"envelope": envelope, "error": repr(error), "handler": handler})
+        self.dead.append(
+            {"envelope": envelope, "error": repr(error), "handler": handler, "reason": reason}
+        )
         await self.finish(envelope, partition, 0.0)
         return f"memory-{len(self.dead)}"
 

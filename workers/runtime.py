@@ -12,14 +12,15 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import math
 import os
-import random
 import socket
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from celery.exceptions import Reject
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -30,6 +31,7 @@ from parley.wire.keys import queue_name
 from parley.wire.messages import celery_message, task_repr
 from parley.wire.partition import partition_for
 from parley.workers.builder import ParleyApp
+from parley.workers.calls import Abandoned, Calls, GuardedStore, TransientFailure, WorkerStopping
 from parley.workers.messenger import MessengerTransientError, WhatsAppMessenger
 from parley.workers.pipeline import (
     ALREADY_DONE,
@@ -43,21 +45,26 @@ from parley.workers.webhook import Webhook
 
 log = logging.getLogger("parley.worker")
 
-#: Errors that say "try again": the partition waits (retrying in place keeps order).
-TRANSIENT = (CacheUnavailableError, MessengerTransientError, RedisError)
+#: Failures of the outside world rather than of the handler's code
+TRANSIENT = (TransientFailure, CacheUnavailableError, MessengerTransientError, RedisError)
 
 
-async def dispatch(app: ParleyApp, envelope: Envelope, messenger: Any) -> None:
+async def dispatch(app: ParleyApp, envelope: Envelope, messenger: Any, calls: Calls) -> None:
     """Run the app's handler for one envelope, on a copy of the handler that carries this
-    webhook's context: caches scoped to its tenant and user, the messenger, a logger."""
+    webhook's context: caches scoped to its tenant and user, the messenger, a logger.
+    Every cache operation and Graph API request goes through ``calls``."""
     webhook = Webhook.from_envelope(envelope)
     handler = copy.copy(app.handler)
-    factory = app.cache_factory(tenant_id=envelope.tenant_id, user_id=envelope.user_id or None)
+    factory = app.cache_factory(
+        tenant_id=envelope.tenant_id,
+        user_id=envelope.user_id or None,
+        around=lambda store: GuardedStore(store, calls),
+    )
     if envelope.user_id:
         handler.state_cache = factory.create_state_cache()
         handler.user_cache = factory.create_user_cache()
     handler.table_cache = factory.create_table_cache()
-    handler.messenger = messenger
+    handler.messenger = messenger.for_tenant(envelope.tenant_id, calls)
     handler.logger = logging.LoggerAdapter(
         logging.getLogger(f"parley.app.{type(handler).__name__}"),
         {"tenant_id": envelope.tenant_id, "user": mask_user_id(envelope.user_id)},
@@ -68,6 +75,17 @@ async def dispatch(app: ParleyApp, envelope: Envelope, messenger: Any) -> None:
         await handler.handle_status(webhook)
     else:
         await handler.handle_error(webhook)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A dead letter's reason: ``transient`` (an outage outlasted the deadline, or a call
+    failed where a retry could have applied it twice: replay once the outage is over),
+    ``timeout`` (PARLEY_HANDLER_TIMEOUT) or ``error`` (a bug or bad data)."""
+    if isinstance(exc, TRANSIENT):
+        return "transient"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return "error"
 
 
 class Runtime:
@@ -101,6 +119,10 @@ class Runtime:
         self.fenced = False
         self.on_lease_lost: Callable[[int], object] | None = None
         self._broker: Redis | None = None
+        #: set by SIGTERM (``stop_soon``): backoffs end, their envelopes stay in flight
+        self.stopping = asyncio.Event()
+        #: users with an envelope left in flight here: their later ones wait behind it
+        self.abandoned_lanes: set[tuple[str, str]] = set()
 
     def start(self) -> None:
         """Start the loop's thread and the app's ``on_startup`` (once; any thread)."""
@@ -123,7 +145,10 @@ class Runtime:
 
     def handle(self, raw: dict[str, Any]) -> str:
         """The Celery task, on a pool thread: one envelope, run to its end on the loop."""
-        return self.run(self.process(raw))  # type: ignore[no-any-return]
+        try:
+            return self.run(self.process(raw))  # type: ignore[no-any-return]
+        except WorkerStopping as exc:  # stopped before it began: nothing records it
+            raise Reject(str(exc), requeue=True) from exc  # back in front, unacked
 
     def close(self) -> None:
         started = self._thread is not None
@@ -148,34 +173,33 @@ class Runtime:
 
     # -- one envelope --------------------------------------------------------------------
 
-    async def _retry_in_place(self, what: str, envelope: Envelope, make: Any) -> Any:
-        """Run ``make()`` until it stops failing transiently, with capped backoff."""
-        attempt = 0
-        while True:
-            try:
-                return await make()
-            except TRANSIENT as exc:
-                attempt += 1
-                delay = min(
-                    self.settings.retry_backoff_max, self.settings.retry_backoff * 2**attempt
-                )
-                delay *= random.uniform(0.5, 1.0)
-                log.warning(
-                    "%s of %s failed transiently (%s: %s); retry %d in %.2fs",
-                    what,
-                    task_repr(envelope),
-                    type(exc).__name__,
-                    exc,
-                    attempt,
-                    delay,
-                )
-                await asyncio.sleep(delay)
+    def stop_soon(self) -> None:
+        """SIGTERM (any thread): an envelope waiting out a failure stops waiting and is
+        left in flight for the partition's next owner; the rest of its lane with it."""
+        self.loop.call_soon_threadsafe(self.stopping.set)
+
+    def _calls(self, envelope: Envelope, *, deadline: float | None = None) -> Calls:
+        return Calls(
+            deadline=self.settings.transient_deadline if deadline is None else deadline,
+            backoff=self.settings.retry_backoff,
+            backoff_max=self.settings.retry_backoff_max,
+            stopping=self.stopping,
+            subject=task_repr(envelope),
+        )
+
+    async def _bookkeeping(self, what: str, envelope: Envelope, op: Any) -> Any:
+        """The pipeline's own writes: retried until the pipeline DB answers (each is
+        safe to repeat), or until the worker stops."""
+        return await self._calls(envelope, deadline=math.inf).call(
+            f"{what} in the pipeline DB", lambda: _retry_safe(op)
+        )
 
     async def process(self, raw: dict[str, Any]) -> str:
-        """Handle one envelope: ``done``, ``duplicate`` or ``dead``."""
+        """Handle one envelope: ``done``, ``duplicate``, ``dead``, ``not owner`` or
+        ``abandoned`` (left in flight for the partition's next owner)."""
         envelope = Envelope.from_json(raw)
         partition = partition_for(envelope.tenant_id, envelope.user_id, self.settings.partitions)
-        started = await self._retry_in_place(
+        started = await self._bookkeeping(
             "begin",
             envelope,
             lambda: self.pipeline.begin(envelope, partition, self.node, self.fenced),
@@ -184,11 +208,20 @@ class Runtime:
             log.info("skipped %s: already done", task_repr(envelope))
             return "duplicate"
         if started == NOT_LEASE_HOLDER:
-            await self._retry_in_place(
+            await self._bookkeeping(
                 "put back", envelope, lambda: self._put_back(envelope, partition)
             )
             return "not owner"
-        return await self._run_to_end(envelope, partition)
+        lane = (envelope.tenant_id, envelope.user_id)
+        if lane in self.abandoned_lanes:  # an earlier one of this user is left in flight
+            log.warning("left %s in flight behind its user's earlier one", task_repr(envelope))
+            return "abandoned"
+        try:
+            return await self._run_to_end(envelope, partition)
+        except Abandoned as exc:
+            self.abandoned_lanes.add(lane)
+            log.warning("left %s in flight for the next owner: %s", task_repr(envelope), exc)
+            return "abandoned"
 
     async def _put_back(self, envelope: Envelope, partition: int) -> None:
         """The lease moved while this node still consumed the partition: put the
@@ -202,25 +235,16 @@ class Runtime:
             self.on_lease_lost(partition)
 
     async def _run_to_end(self, envelope: Envelope, partition: int) -> str:
-        attempts = 0
-        first_failure: float | None = None
+        """Run the handler once. Its calls retry themselves (``Calls``); whatever it
+        raises dead-letters the envelope, unless it was abandoned."""
         t0 = time.perf_counter()
-
-        async def attempt() -> None:
-            nonlocal attempts, first_failure
-            attempts += 1
-            try:
-                async with asyncio.timeout(self.settings.handler_timeout):  # no extra Task
-                    await self.dispatch(envelope)
-            except Exception:
-                first_failure = first_failure or time.time()
-                raise
-
         try:
-            await self._retry_in_place("handler", envelope, attempt)
-        except Exception as exc:  # a handler bug, bad data or a timeout: dead-letter it
+            async with asyncio.timeout(self.settings.handler_timeout):  # no extra Task
+                await self.dispatch(envelope)
+        except Exception as exc:  # a bug, bad data, a timeout or an outage past its deadline
             error = exc
-            entry = await self._retry_in_place(
+            failed_at = time.time()
+            entry = await self._bookkeeping(
                 "dead-letter",
                 envelope,
                 lambda: self.pipeline.dead_letter(
@@ -228,27 +252,29 @@ class Runtime:
                     partition,
                     error,
                     type(self.app.handler).__qualname__,
-                    attempts,
-                    first_failure or time.time(),
+                    1,
+                    failed_at,
+                    failure_reason(error),
                 ),
             )
             log.error(
-                "dead-lettered %s as %s: %s: %s",
+                "dead-lettered %s as %s (%s): %s: %s",
                 task_repr(envelope),
                 entry,
+                failure_reason(error),
                 type(exc).__name__,
                 exc,
             )
             return "dead"
         seconds = time.perf_counter() - t0
-        await self._retry_in_place(
+        await self._bookkeeping(
             "finish", envelope, lambda: self.pipeline.finish(envelope, partition, seconds)
         )
         log.info("handled %s in %.1f ms", task_repr(envelope), seconds * 1000)
         return "done"
 
     async def dispatch(self, envelope: Envelope) -> None:
-        await dispatch(self.app, envelope, self.messenger.for_tenant(envelope.tenant_id))
+        await dispatch(self.app, envelope, self.messenger, self._calls(envelope))
 
     async def recover(self, partitions: list[int]) -> int:
         """Finish the envelopes a crashed owner left in flight in these partitions, before
@@ -272,3 +298,16 @@ class Runtime:
 
         await asyncio.gather(*(finish(records) for records in lanes.values()))
         return sum(len(records) for records in lanes.values())
+
+
+async def _retry_safe(op: Any) -> Any:
+    """Run a pipeline bookkeeping call; its Redis errors may be retried (see
+    ``_bookkeeping``)."""
+    try:
+        return await op()
+    except RedisError as exc:
+        raise PipelineUnavailable(f"pipeline DB unavailable: {exc}") from exc
+
+
+class PipelineUnavailable(RedisError):
+    retry_safe = True

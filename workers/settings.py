@@ -64,9 +64,20 @@ class Settings(CacheSettings):
     concurrency: int = Field(default=64, gt=0, le=1024)
     #: How long a done-marker keeps a redelivered webhook from running again.
     done_ttl: int = Field(default=2 * 24 * 3600, gt=0)
-    #: Backoff of the in-place retry on transient errors: base and cap, in seconds.
+    #: Backoff of a failing call's retries (a cache operation, a Graph API request, the
+    #: pipeline's own bookkeeping): base and cap, in seconds.
     retry_backoff: float = Field(default=0.2, gt=0)
     retry_backoff_max: float = Field(default=10.0, gt=0)
+    #: How long one envelope's calls may keep failing transiently (an outage) before it
+    #: is dead-lettered with reason ``transient`` and its user's lane moves on.
+    transient_deadline: float = Field(default=180.0, gt=0)
+    #: ``--partitions auto``: seconds between reconciler runs (one node at a time).
+    reconcile_interval: float = Field(default=120.0, gt=0)
+    #: Age a replay-log entry must reach before the reconciler may call it lost; must
+    #: exceed the lease TTL plus the handler timeout. None: that sum plus a minute.
+    reconcile_grace: float | None = Field(default=None, gt=0)
+    #: Replay-log entries one reconciler run checks at most.
+    reconcile_batch: int = Field(default=10_000, gt=0)
     #: ``--partitions auto``: seconds a partition lease (and a node's heartbeat) lasts
     #: unrenewed — how long a SIGKILLed node's partitions wait before moving. Renewed
     #: every third of it.
@@ -111,7 +122,22 @@ class Settings(CacheSettings):
                 f"PARLEY_HANDLER_TIMEOUT ({self.handler_timeout}s) must be below "
                 f"PARLEY_VISIBILITY_TIMEOUT ({self.visibility_timeout}s)"
             )
+        if self.reconcile_grace is not None and (
+            self.reconcile_grace <= self.lease_ttl + self.handler_timeout
+        ):
+            raise ValueError(
+                f"PARLEY_RECONCILE_GRACE ({self.reconcile_grace}s) must exceed "
+                f"PARLEY_LEASE_TTL + PARLEY_HANDLER_TIMEOUT "
+                f"({self.lease_ttl + self.handler_timeout}s)"
+            )
         return self
+
+    @property
+    def grace(self) -> float:
+        """How old an unaccounted replay-log entry must be before it counts as lost."""
+        if self.reconcile_grace is not None:
+            return self.reconcile_grace
+        return self.lease_ttl + self.handler_timeout + 60.0
 
     @property
     def broker(self) -> str:
