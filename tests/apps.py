@@ -44,6 +44,19 @@ class RecordingHandler(WappaEventHandler):
 recording = WappaBuilder().with_redis_cache().with_event_handler(RecordingHandler()).build()
 
 
+class Echo(WappaEventHandler):
+    """The README's first app, as written there: a counter, then a reply."""
+
+    async def handle_message(self, webhook: Webhook) -> None:
+        count = await self.user_cache.increment_field("profile", "message_count")
+        await self.messenger.send_text(
+            f"#{count}: {webhook.get_message_text()}", webhook.user.user_id
+        )
+
+
+echo = WappaBuilder().with_redis_cache().with_event_handler(Echo()).build()
+
+
 class LedgerHandler(WappaEventHandler):
     """Deterministic: the caches end up the same whenever the same webhooks replay in
     the same order."""

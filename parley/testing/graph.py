@@ -63,6 +63,7 @@ class FakeGraphAPI:
         self.sent: list[SentMessage] = []
         self.requests = 0
         self._failures: list[tuple[int, float | None, float]] = []
+        self._outage: tuple[int, frozenset[str] | None] | None = None
         self._changed = threading.Condition()
         fake = self
 
@@ -88,6 +89,11 @@ class FakeGraphAPI:
                 fake.requests += 1
                 with fake._changed:
                     failure = fake._failures.pop(0) if fake._failures else None
+                    if failure is None and fake._outage is not None:
+                        status, recipients = fake._outage
+                        to = json.loads(raw or b"{}").get("to") if recipients else None
+                        if recipients is None or to in recipients:
+                            failure = (status, None, 0.0)
                 if failure:
                     status, retry_after, delay = failure
                     if delay:
@@ -142,6 +148,16 @@ class FakeGraphAPI:
         with self._changed:
             self._failures += [(status, retry_after, delay)] * n
 
+    def outage(self, status: int = 503, recipients: set[str] | None = None) -> None:
+        """Answer every request (or those to ``recipients``) with ``status`` until
+        ``recover()``."""
+        with self._changed:
+            self._outage = (status, frozenset(recipients) if recipients else None)
+
+    def recover(self) -> None:
+        with self._changed:
+            self._outage = None
+
     def wait_for(self, count: int, timeout: float = 10.0) -> list[SentMessage]:
         with self._changed:
             if not self._changed.wait_for(lambda: len(self.sent) >= count, timeout):
@@ -156,6 +172,7 @@ class FakeGraphAPI:
         with self._changed:
             self.sent.clear()
             self._failures.clear()
+            self._outage = None
 
 
 def _error(message: str, code: int) -> dict[str, Any]:
