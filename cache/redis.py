@@ -12,6 +12,7 @@ Each script touches exactly one key, so everything is Redis-Cluster safe.
 from __future__ import annotations
 
 import asyncio
+import select
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, TypeVar, cast
@@ -48,15 +49,49 @@ class NotSentError(RedisConnectionError):
 
 
 class _ConnectionPool(ConnectionPool):
-    """Tells a failure to connect (nothing sent) from one after sending: a pooled
-    connection is connected and checked for a closed socket here, before any command
-    is written to it."""
+    """Tells a failure to connect (nothing sent) from one after sending.
+
+    A connection is handed out connected and checked before any command is written to
+    it: one the server closed (a restart: its socket reads as ended) or one idle past
+    ``IDLE_CHECK`` seconds that does not answer a PING (a firewall dropped it) is
+    reconnected first. So a restart costs nothing, and an error after this point
+    means the command was sent.
+    """
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+            connection = await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise NotSentError(str(exc)) from exc
+        try:
+            if _closed_by_server(connection):
+                raise RedisConnectionError("closed by the server")
+            await connection.check_health()  # a PING, when idle past IDLE_CHECK
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            try:
+                await connection.disconnect()
+                await connection.connect()
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                await self.release(connection)
+                raise NotSentError(str(exc)) from exc
+        return connection
+
+
+def _closed_by_server(connection: Any) -> bool:
+    """Whether the socket has anything to read while no command is pending: the
+    server's end-of-stream (it restarted, or dropped us). Asks the kernel, so it holds
+    even when the event loop has not looked at the socket yet."""
+    writer = getattr(connection, "_writer", None)
+    sock = writer.get_extra_info("socket") if writer is not None else None
+    if sock is None:
+        return False
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
+
+
+#: Seconds a pooled connection may sit idle before it is PINGed ahead of its next command
+IDLE_CHECK = 30.0
 
 
 def redact(url: str) -> str:
@@ -100,6 +135,7 @@ class RedisStore:
                 # No retry here: a command whose reply was lost may have run. The error
                 # says whether a retry is safe (``retry_safe``); the caller retries.
                 retry=Retry(NoBackoff(), 0),
+                health_check_interval=IDLE_CHECK,
             )
             client = Redis(connection_pool=pool)
             gate = asyncio.Semaphore(self._settings.redis_max_connections)

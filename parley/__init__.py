@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from parley.workers.handler import WappaEventHandler
     from parley.workers.webhook import Webhook
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 _PUBLIC = {
     "ParleyApp": "parley.workers.builder",

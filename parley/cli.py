@@ -132,6 +132,7 @@ def worker(
     from parley.wire.partition import parse_partitions
     from parley.workers.builder import load_app
     from parley.workers.celery import WORKER_OPTIONS, create_celery
+    from parley.workers.connections import wait_at_start
     from parley.workers.runtime import Runtime
 
     logging.basicConfig(level=loglevel.upper(), format=LOG_FORMAT)
@@ -144,9 +145,10 @@ def worker(
     token = settings.whatsapp_token.get_secret_value()
     if token and (problem := weak_secret("WHATSAPP_TOKEN", token, length=False)):
         raise click.UsageError(problem)
+    wait_at_start(settings)  # before anything touches Redis: it may not be up yet
     name = node or f"parley-{os.getpid()}"
     runtime = Runtime(app, node=f"{name}@{socket.gethostname()}")
-    celery_app = create_celery(settings, runtime.handle)
+    celery_app = create_celery(settings, runtime.handle, on_shutdown=runtime.stop_soon)
     if partitions == "auto":
         _join_as_auto_node(runtime, celery_app)
         queues = [DEFAULT_QUEUE]  # partitions are added as leased
@@ -180,8 +182,9 @@ def _redis_broker(settings: Any) -> Any:
     """A client of the broker when it is Redis (to put messages back in front)."""
     import redis
 
-    on_redis = settings.broker.startswith(("redis://", "rediss://", "unix://"))
-    return redis.Redis.from_url(settings.broker) if on_redis else None
+    from parley.workers.connections import is_redis
+
+    return redis.Redis.from_url(settings.broker) if is_redis(settings.broker) else None
 
 
 def _drain_on_shutdown(settings: Any, celery_app: Any) -> None:
@@ -196,6 +199,7 @@ def _join_as_auto_node(runtime: Any, celery_app: Any) -> None:
 
     from parley.workers.leases import Leases
     from parley.workers.ownership import Coordinator, NodeNameTaken, install
+    from parley.workers.reconciler import NoQueues, Periodic, Reconciler
 
     settings = runtime.settings
     timeout = settings.lease_ttl / 6  # a renewal must fail fast, well inside the lease
@@ -216,6 +220,12 @@ def _join_as_auto_node(runtime: Any, celery_app: Any) -> None:
     coordinator.on_take = lambda partition: runtime.run(runtime.recover([partition]))
     runtime.fenced = True  # begin.lua runs an envelope only while the lease is ours
     runtime.on_lease_lost = coordinator.lease_lost
+    try:  # beside ownership; it stops as soon as the node drains (SIGTERM)
+        reconciler = Reconciler.for_settings(settings, runtime.node, stopping=coordinator.draining)
+    except NoQueues as exc:
+        logging.getLogger("parley.reconciler").warning("reconciler off: %s", exc)
+    else:
+        coordinator.companions.append(Periodic(reconciler))
     try:
         coordinator.claim_name()
     except NodeNameTaken as exc:
@@ -264,6 +274,12 @@ def _pipeline_client() -> tuple[Any, Any]:
 @click.option("--dry-run", is_flag=True, help="Show what would be replayed; send nothing.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--rate", type=float, default=None, help="At most N envelopes per second.")
+@click.option(
+    "--unfinished",
+    is_flag=True,
+    help="Run the reconciler once: re-enqueue logged webhooks that are in no queue, not "
+    "in flight and not done (from its cursor, or --since; with --dry-run).",
+)
 def replay(
     since: str | None,
     until: str | None,
@@ -274,8 +290,14 @@ def replay(
     dry_run: bool,
     yes: bool,
     rate: float | None,
+    unfinished: bool,
 ) -> None:
     """Re-enqueue accepted webhooks (or dead letters), in their original order."""
+    if unfinished:
+        if until or tenant or user or kind or dead or rate:
+            raise click.UsageError("--unfinished takes only --since and --dry-run")
+        _replay_unfinished(since, dry_run)
+        return
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -333,6 +355,68 @@ def replay(
     )
 
 
+def _replay_unfinished(since: str | None, dry_run: bool) -> None:
+    """``parley replay --unfinished``: one reconcile, reported for people."""
+    import redis
+
+    from parley.replay import stream_bound
+    from parley.wire.messages import task_repr
+
+    console = _console()
+    try:
+        start = stream_bound(since) if since is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    try:
+        report = _reconcile(start, dry_run)
+    except redis.RedisError as exc:
+        raise click.ClickException(f"cannot reach Redis: {exc}") from None
+    console.print(
+        f"checked {report.checked} logged webhooks from {report.since} up to {report.until} "
+        f"(older than the grace period): {report.settled} done or dead-lettered, "
+        f"{report.pending} queued or in flight, {len(report.lost)} lost"
+    )
+    if report.behind:
+        console.print(
+            f"entries before {report.since} can no longer be checked: their done-markers "
+            "may have expired (PARLEY_DONE_TTL)"
+        )
+    if report.lost:
+        console.print(("would re-enqueue" if dry_run else "re-enqueued") + ":")
+        for entry in report.lost:
+            console.print(f"  {entry.entry_id}  {task_repr(entry.envelope)}")
+    if report.full:
+        console.print(
+            f"stopped at the batch limit (PARLEY_RECONCILE_BATCH); "
+            f"the rest starts after {report.last}"
+        )
+    if start is not None:
+        console.print(f"cursor: {report.cursor or 'none'} (unchanged: --since)")
+    elif report.settled_to is None:
+        console.print(f"cursor: {report.cursor or 'none'} (unchanged)")
+    elif dry_run:
+        console.print(
+            f"cursor: {report.cursor or 'none'} (unchanged; a run would move it to "
+            f"{report.settled_to})"
+        )
+    else:
+        console.print(f"cursor: {report.settled_to} (moved)")
+
+
+def _reconcile(since: str | None, dry_run: bool) -> Any:
+    """One reconcile from the command line (a dry one for ``parley status``); its
+    findings are printed by the caller, not logged."""
+    from parley.workers.reconciler import Busy, NoQueues, Reconciler
+    from parley.workers.settings import Settings
+
+    logging.getLogger("parley.reconciler").addHandler(logging.NullHandler())
+    holder = f"cli-{os.getpid()}@{socket.gethostname()}"
+    try:
+        return Reconciler.for_settings(Settings(), holder).run(since, dry_run=dry_run)
+    except (Busy, NoQueues) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @main.group()
 def dead() -> None:
     """Inspect and drop dead letters."""
@@ -340,7 +424,7 @@ def dead() -> None:
 
 @dead.command("list")
 def dead_list() -> None:
-    """When, tenant, masked user, message id and error of each dead letter."""
+    """When, tenant, masked user, message id, reason and error of each dead letter."""
     from rich.table import Table
 
     from parley.replay import select
@@ -348,7 +432,7 @@ def dead_list() -> None:
     from parley.wire.keys import DEAD_LETTERS
 
     client, _ = _pipeline_client()
-    table = Table("id", "last failure", "tenant", "user", "event", "attempts", "error")
+    table = Table("id", "last failure", "tenant", "user", "event", "reason", "attempts", "error")
     for entry in select(client, DEAD_LETTERS):
         f = entry.fields
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(f["last_failure"])))
@@ -358,6 +442,7 @@ def dead_list() -> None:
             f["tenant_id"],
             mask_user_id(f["user_id"]),
             f["event_id"],
+            f.get("reason", "error"),
             f["attempts"],
             f"{f['error_type'].rsplit('.', 1)[-1]}: {f['error'][:60]}",
         )
@@ -436,4 +521,17 @@ def status() -> None:
     for name, left in sorted(state.nodes.items()):
         nodes.add_row(name, str(owned[name]), str(running[name]), f"{left:.1f}s")
     console.print(nodes)
-    console.print(f"replay log: {state.replay_log} envelopes   dead letters: {state.dead_letters}")
+    console.print(
+        f"replay log: {state.replay_log} envelopes   dead letters: {state.dead_letters}   "
+        f"recovered by the reconciler: {state.recovered}"
+    )
+    try:
+        report = _reconcile(None, dry_run=True)
+    except click.ClickException as exc:
+        console.print(f"unaccounted for: unknown ({exc.message})")
+    else:
+        more = " and more not checked" if report.full else ""
+        console.print(
+            f"unaccounted for: {len(report.lost)} of the {report.checked} logged webhooks "
+            f"past the grace period after the reconciler's cursor{more}"
+        )

@@ -7,67 +7,114 @@ nodes, dead letters, the replay log, and the handler-latency histogram the worke
 keep there (``finish.lua`` adds each run to it, so every node's runs are counted
 without scraping each node). The ingress adds its own delivery counters
 (``parley.ingress.metrics``).
+
+A scrape is needed most while Redis is down, so it never fails for that: it answers
+with what it could read — the ingress's own counters — plus ``parley_pipeline_up 0``,
+logs one WARNING, and is bounded in time (a fail-fast client: short socket timeouts,
+no retries) so a hung Redis cannot hang the scrape.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import redis
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
-from parley.status import read_state
+from parley.cache.redis import redact
+from parley.status import PipelineState, read_state
+from parley.workers.connections import PROBE_TIMEOUT, fail_fast_client
 from parley.workers.pipeline import LATENCY_BUCKETS
+
+log = logging.getLogger("parley.metrics")
 
 
 class PipelineCollector(Collector):
-    def __init__(self, pipeline_url: str, partitions: int) -> None:
+    def __init__(self, pipeline_url: str, partitions: int, timeout: float = PROBE_TIMEOUT) -> None:
         self.pipeline_url = pipeline_url
         self.partitions = partitions
+        self.timeout = timeout
 
     def collect(self) -> Iterator[Metric]:
-        # a connection per scrape (one every few seconds): nothing to close at shutdown
-        with redis.Redis.from_url(self.pipeline_url, socket_timeout=5) as client:
-            state = read_state(client, self.partitions)
-        depth = GaugeMetricFamily(
-            "parley_partition_depth", "Messages waiting on a partition queue", labels=["partition"]
-        )
-        owner = GaugeMetricFamily(
-            "parley_partition_owner",
-            '1 for the node holding a partition\'s lease; 0 with node="" when nobody does',
-            labels=["partition", "node"],
-        )
-        in_flight = GaugeMetricFamily(
-            "parley_partition_in_flight",
-            "Envelopes of a partition started and not yet finished (one per busy lane)",
-            labels=["partition"],
-        )
-        lag = GaugeMetricFamily(
-            "parley_partition_lag_seconds",
-            "Age of the oldest webhook waiting on a partition queue (0: none waiting)",
-            labels=["partition"],
-        )
-        for row in state.partitions:
-            k = str(row.partition)
-            depth.add_metric([k], row.depth)
-            owner.add_metric([k, row.owner or ""], 1 if row.owner else 0)
-            in_flight.add_metric([k], sum(row.in_flight.values()))
-            lag.add_metric([k], row.lag or 0.0)
-        yield depth
-        yield owner
-        yield in_flight
-        yield lag
+        state = self.read()
         yield GaugeMetricFamily(
-            "parley_live_nodes", "Worker nodes with a live heartbeat", len(state.nodes)
+            "parley_pipeline_up",
+            "1 when this scrape read the pipeline DB; 0 when it could not (the pipeline "
+            "metrics are missing then)",
+            0 if state is None else 1,
         )
-        yield GaugeMetricFamily(
-            "parley_dead_letters", "Envelopes on the dead-letter stream", state.dead_letters
-        )
-        yield GaugeMetricFamily(
-            "parley_replay_log_entries", "Envelopes in the replay log", state.replay_log
-        )
-        yield handler_histogram(state.latency)
+        if state is not None:
+            yield from pipeline_families(state)
+
+    def read(self) -> PipelineState | None:
+        """The pipeline's state, or None (and one WARNING) when Redis cannot give it."""
+        try:
+            # a connection per scrape (one every few seconds): nothing to close at shutdown
+            with fail_fast_client(self.pipeline_url, self.timeout) as client:
+                return read_state(client, self.partitions)
+        except redis.RedisError as exc:
+            log.warning(
+                "/metrics: pipeline Redis at %s unreadable (%s: %s); parley_pipeline_up 0",
+                redact(self.pipeline_url),
+                type(exc).__name__,
+                exc,
+            )
+            return None
+
+
+def pipeline_families(state: PipelineState) -> Iterator[Metric]:
+    """The metric families of one reading of the pipeline DB."""
+    depth = GaugeMetricFamily(
+        "parley_partition_depth", "Messages waiting on a partition queue", labels=["partition"]
+    )
+    owner = GaugeMetricFamily(
+        "parley_partition_owner",
+        '1 for the node holding a partition\'s lease; 0 with node="" when nobody does',
+        labels=["partition", "node"],
+    )
+    in_flight = GaugeMetricFamily(
+        "parley_partition_in_flight",
+        "Envelopes of a partition started and not yet finished (one per busy lane)",
+        labels=["partition"],
+    )
+    lag = GaugeMetricFamily(
+        "parley_partition_lag_seconds",
+        "Age of the oldest webhook waiting on a partition queue (0: none waiting)",
+        labels=["partition"],
+    )
+    for row in state.partitions:
+        k = str(row.partition)
+        depth.add_metric([k], row.depth)
+        owner.add_metric([k, row.owner or ""], 1 if row.owner else 0)
+        in_flight.add_metric([k], sum(row.in_flight.values()))
+        lag.add_metric([k], row.lag or 0.0)
+    yield depth
+    yield owner
+    yield in_flight
+    yield lag
+    yield GaugeMetricFamily(
+        "parley_live_nodes", "Worker nodes with a live heartbeat", len(state.nodes)
+    )
+    yield GaugeMetricFamily(
+        "parley_dead_letters", "Envelopes on the dead-letter stream", state.dead_letters
+    )
+    yield GaugeMetricFamily(
+        "parley_replay_log_entries", "Envelopes in the replay log", state.replay_log
+    )
+    yield handler_histogram(state.latency)
+    yield CounterMetricFamily(  # exposed as parley_recovered_total
+        "parley_recovered",
+        "Accepted webhooks the reconciler found lost (in no queue, not in flight, not "
+        "done) and re-enqueued",
+        state.recovered,
+    )
 
 
 def handler_histogram(fields: dict[str, str]) -> HistogramMetricFamily:

@@ -14,19 +14,19 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
-import orjson
 import redis
 
 from parley.wire.envelope import Envelope
-from parley.wire.keys import queue_name
-from parley.wire.messages import celery_message
+from parley.wire.messages import routed_message
 from parley.wire.partition import partition_for
+from parley.workers.replay_log import Entry, select
 from parley.workers.settings import Settings, parse_duration
+
+__all__ = ["Entry", "as_replay", "enqueue", "select", "stream_bound", "summary"]
 
 STREAM_ID = re.compile(r"^\d+(-\d+)?$")
 CHUNK = 500
@@ -53,45 +53,6 @@ def stream_bound(text: str | None, *, now: float | None = None, end: bool = Fals
                 f"{text!r} is neither an ISO time, a duration like 2h nor a stream id"
             ) from None
     return f"{ms}-{'18446744073709551615' if end else '0'}"
-
-
-@dataclass
-class Entry:
-    entry_id: str
-    envelope: Envelope
-    fields: dict[str, str]
-
-
-def select(
-    client: redis.Redis,
-    stream: str,
-    since: str = "-",
-    until: str = "+",
-    *,
-    tenant: str | None = None,
-    user: str | None = None,
-    kind: str | None = None,
-) -> Iterator[Entry]:
-    """The matching entries, oldest first, read in chunks."""
-    start = since
-    while True:
-        chunk = cast(
-            "list[tuple[bytes, dict[bytes, bytes]]]",
-            client.xrange(stream, start, until, count=CHUNK),
-        )
-        for raw_id, raw in chunk:
-            fields = {k.decode(): v.decode() for k, v in raw.items()}
-            envelope = Envelope.from_json(orjson.loads(fields["envelope"]))
-            if tenant and envelope.tenant_id != tenant:
-                continue
-            if user and envelope.user_id != user:
-                continue
-            if kind and envelope.kind != kind:
-                continue
-            yield Entry(raw_id.decode(), envelope, fields)
-        if len(chunk) < CHUNK:
-            return
-        start = "(" + chunk[-1][0].decode()
 
 
 def as_replay(entry: Entry, batch: str, dead: bool) -> Envelope:
@@ -139,11 +100,7 @@ def enqueue(
         chunk = entries[offset : offset + CHUNK]
         pipe = client.pipeline(transaction=False)
         for entry in chunk:
-            envelope = as_replay(entry, batch, dead)
-            queue = queue_name(
-                partition_for(envelope.tenant_id, envelope.user_id, settings.partitions)
-            )
-            pipe.lpush(queue, celery_message(envelope, queue))
+            pipe.lpush(*routed_message(as_replay(entry, batch, dead), settings.partitions))
         pipe.execute()
         sent += len(chunk)
         advance(len(chunk))

@@ -13,6 +13,7 @@ from parley.wire.keys import (
     DEAD_LETTERS,
     LATENCY,
     NODES,
+    RECOVERED,
     REPLAY_LOG,
     inflight_key,
     lease_key,
@@ -38,6 +39,7 @@ class PipelineState:
     replay_log: int
     dead_letters: int
     latency: dict[str, str]  # the handler-latency hash (see finish.lua)
+    recovered: int  # lost envelopes the reconciler re-enqueued, ever
 
 
 def _text(value: bytes | None) -> str | None:
@@ -55,8 +57,9 @@ def read_state(client: redis.Redis, partitions: int) -> PipelineState:
     pipe.xlen(REPLAY_LOG)
     pipe.xlen(DEAD_LETTERS)
     pipe.hgetall(LATENCY)
+    pipe.get(RECOVERED)
     pipe.time()
-    *per_partition, nodes, logged, dead, latency, (seconds, micros) = pipe.execute()
+    *per_partition, nodes, logged, dead, latency, recovered, (seconds, micros) = pipe.execute()
     redis_now = seconds + micros / 1e6  # heartbeats are scored on Redis's clock
     now = time.time()  # received_at is the ingress's
     rows = []
@@ -82,4 +85,5 @@ def read_state(client: redis.Redis, partitions: int) -> PipelineState:
         logged,
         dead,
         {key.decode(): value.decode() for key, value in latency.items()},
+        int(recovered or 0),
     )

@@ -12,7 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 from parley.testing import PHONE_ID, FakeGraphAPI, RedisServer, envelope
 from parley.testing import sign as signed_headers
@@ -39,6 +41,16 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = ""
 PARTITIONS = 8
 TOKEN = "test-token"
 CONTROL = f"{PHONE_ID}:df:control"  # the recording app's table document for the tests
+
+
+#: A deployment whose reconciler acts within seconds: lease 3 s + handler timeout 2 s
+#: < grace 6 s, a turn every second
+RECONCILING = {
+    "PARLEY_LEASE_TTL": "3",
+    "PARLEY_HANDLER_TIMEOUT": "2",
+    "PARLEY_RECONCILE_GRACE": "6",
+    "PARLEY_RECONCILE_INTERVAL": "1",
+}
 
 
 class Pipeline:
@@ -70,10 +82,13 @@ class Pipeline:
         self.celery = create_celery(self.settings)
         self.workers: list[WorkerProcess] = []
 
-    def start_worker(self, app: str, partitions: str, node: str) -> WorkerProcess:
+    def start_worker(
+        self, app: str, partitions: str, node: str, *, ready: bool = True
+    ) -> WorkerProcess:
+        """A worker node, once Celery says it is ready (``ready=False``: at once)."""
         worker = WorkerProcess(app, partitions, self.env, self.tmp_path, node)
         self.workers.append(worker)
-        return worker.wait_ready()
+        return worker.wait_ready() if ready else worker
 
     def publish(self, user: str, text: str) -> int:
         return publish(self.celery, envelope(user, text), self.settings.partitions)
@@ -115,6 +130,24 @@ def make_settings(url: str, **overrides: Any) -> Settings:
         "max_body_bytes": 64 * 1024,
     }
     return Settings(redis_url=url, **{**defaults, **overrides})
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(client: httpx.Client) -> Samples:
+    """The ingress's ``/metrics``, parsed; it must answer 200 with Prometheus text."""
+    page = client.get("/metrics")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(page.text)
+        for sample in family.samples
+    }
+
+
+def value(metrics: Samples, name: str, **labels: str) -> float:
+    return metrics[(name, tuple(sorted(labels.items())))]
 
 
 def pipeline_keys(server: RedisServer) -> int:

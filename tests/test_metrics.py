@@ -7,7 +7,6 @@ from pathlib import Path
 
 import httpx
 import orjson
-from prometheus_client.parser import text_string_to_metric_families
 
 from parley.asgi import create_ingress
 from parley.testing import PHONE_ID, FakeGraphAPI, RedisServer, delivery, text_message
@@ -16,25 +15,13 @@ from tests.helpers import (
     PARTITIONS,
     Pipeline,
     make_settings,
+    scrape,
     sign,
     users_in_two_partitions,
+    value,
     wait_for,
 )
 from tests.http_server import ServedApp
-
-
-def scrape(client: httpx.Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    page = client.get("/metrics")
-    assert page.status_code == 200 and page.headers["content-type"].startswith("text/plain")
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(page.text)
-        for sample in family.samples
-    }
-
-
-def value(metrics: dict, name: str, **labels: str) -> float:
-    return metrics[(name, tuple(sorted(labels.items())))]
 
 
 def depths(metrics: dict) -> dict[int, float]:
@@ -62,6 +49,7 @@ def test_metrics_count_deliveries_depths_owners_and_handler_runs(
         assert client.post("/webhook", content=b"{", headers=sign(b"{")).status_code == 400
 
         metrics = scrape(client)
+        assert value(metrics, "parley_pipeline_up") == 1
         assert value(metrics, "parley_deliveries_total", outcome="accepted", reason="") == 2
         assert (
             value(metrics, "parley_deliveries_total", outcome="refused", reason="bad_signature")

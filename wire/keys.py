@@ -25,6 +25,17 @@ NODES = "parley:nodes"
 #: Published on after a node joins, leaves or releases leases: nodes re-balance at
 #: once instead of at their next heartbeat
 OWNERSHIP_CHANNEL = "parley:ownership"
+#: Replay-log entries the reconciler found lost (in no queue, unacked hash, in-flight
+#: record or done-marker) and re-enqueued: a counter
+RECOVERED = "parley:recovered"
+#: The reconciler's run lease: one run at a time, whoever runs it (a node, the CLI)
+RECONCILER = "parley:reconciler"
+#: Set for one interval by the node whose turn it is: one scheduled run per interval
+#: across all nodes
+RECONCILER_TURN = "parley:reconciler:turn"
+#: The last replay-log id the reconciler found settled with all before it (done or
+#: dead-lettered): where its next run starts
+RECONCILER_CURSOR = "parley:reconciler:cursor"
 
 
 def queue_name(partition: int) -> str:

@@ -19,6 +19,8 @@ from typing import Any
 import orjson
 
 from parley.wire.envelope import Envelope, mask_user_id, printable
+from parley.wire.keys import queue_name
+from parley.wire.partition import partition_for
 
 #: The one task every Parley message runs
 TASK_NAME = "parley.handle"
@@ -101,13 +103,33 @@ def celery_message(envelope: Envelope, queue: str, encoded: bytes | None = None)
     )
 
 
+def routed_message(
+    envelope: Envelope, partitions: int, encoded: bytes | None = None
+) -> tuple[str, bytes]:
+    """The partition queue ``envelope`` belongs on and the message to LPUSH there (the
+    back of the queue: workers pop from the right)."""
+    queue = queue_name(partition_for(envelope.tenant_id, envelope.user_id, partitions))
+    return queue, celery_message(envelope, queue, encoded)
+
+
+def task_envelope(message: Any) -> dict[str, Any] | None:
+    """The envelope JSON a Celery message (decoded) carries as its one argument, or
+    None when it is not a Parley task."""
+    try:
+        args = orjson.loads(base64.b64decode(message["body"]))[0]
+        envelope = args[0]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+    return envelope if isinstance(envelope, dict) else None
+
+
 def waiting_since(raw: bytes | None) -> float | None:
     """When the envelope in a queued Celery message reached the ingress (epoch seconds):
     for the oldest message of a queue, how long its partition lags behind."""
     if raw is None:
         return None
     try:
-        args = orjson.loads(base64.b64decode(orjson.loads(raw)["body"]))[0]
-        return float(args[0]["received_at"])
-    except (ValueError, KeyError, IndexError, TypeError):  # not a Parley task
+        envelope = task_envelope(orjson.loads(raw))
+        return float(envelope["received_at"]) if envelope is not None else None
+    except (ValueError, KeyError, TypeError):  # not a Parley task
         return None

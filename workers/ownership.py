@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from celery import Celery, bootsteps, signals
@@ -46,6 +46,14 @@ class Phase(enum.Enum):
 
 class NodeNameTaken(RuntimeError):
     pass
+
+
+class Companion(Protocol):
+    """A thread that lives as long as the node's ownership (the reconciler)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 class Coordinator:
@@ -82,6 +90,8 @@ class Coordinator:
         self.lanes: Lanes | None = None  # its pool's lanes
         #: run on the worker's loop before a taken partition is consumed (recovery)
         self.on_take: Callable[[int], object] | None = None
+        #: started with the ownership thread, stopped before it
+        self.companions: list[Companion] = []
         self._thread: threading.Thread | None = None
         self._listener: Any = None
 
@@ -110,12 +120,16 @@ class Coordinator:
         )
         self._thread = threading.Thread(target=self._run, name="parley-ownership", daemon=True)
         self._thread.start()
+        for companion in self.companions:
+            companion.start()
 
     def _listener_failed(self, exc: BaseException, pubsub: Any, thread: Any) -> None:
         log.debug("ownership notifications interrupted: %s", exc)
         time.sleep(self.interval)
 
     def stop(self) -> None:
+        for companion in self.companions:
+            companion.stop()
         self.stopping.set()
         self.wake.set()
         if self._thread is not None:

@@ -3,7 +3,8 @@
 Partition ownership needs more control over the consumer than Celery's public API
 gives: stopping a queue without losing the message a blocking pop already took, and
 putting a dead node's unacked message back in front of its queue at once instead of
-after the visibility timeout. Each function below names the private state it reads.
+after the visibility timeout; and the reconciler must see which messages nodes hold
+unacked. Each function below names the private state it reads.
 They were written against Celery and kombu 5.4-5.7, which is why ``pyproject.toml``
 caps both below 5.8: raise the cap only after the ownership tests pass on the new
 version. Nothing else in Parley touches a name that starts with an underscore in
@@ -89,6 +90,22 @@ def settle_pending_pop(channel: Any, broker: redis.Redis) -> None:
     if reply:
         key, raw = reply
         broker.rpush(key, raw)  # BRPOP takes from the right: this is the front again
+
+
+def unacked_messages(broker: redis.Redis) -> list[dict[str, Any]]:
+    """Every message a node popped and has not acked yet, of any queue, as the decoded
+    message its queue held (kombu's ``unacked`` hash: tag → JSON ``[message, exchange,
+    routing_key]``, written by ``QoS.append`` right after the pop). One HVALS: a
+    snapshot, so a message that enters the hash while it is read is not skipped."""
+    found = []
+    for raw in cast("list[bytes]", broker.hvals(UNACKED)):
+        try:
+            message = json.loads(raw)[0]
+        except (ValueError, IndexError, KeyError, TypeError):
+            continue
+        if isinstance(message, dict):
+            found.append(message)
+    return found
 
 
 def restore_unacked(broker: redis.Redis, queue: str) -> int:
