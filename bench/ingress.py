@@ -34,20 +34,29 @@ function setup(thread)
   threads = threads + 1
 end
 local requests = {}
-local i = 0
+local first, last, i
 function init(args)
   for line in io.lines(args[1]) do
     local sig, body = line:match("^(%S+)\\t(.*)$")
     requests[#requests + 1] = wrk.format("POST", "/webhook",
       {["Content-Type"] = "application/json", ["X-Hub-Signature-256"] = sig}, body)
   end
-  i = id * 30000  -- each of the two threads sends its own half: no duplicates
+  -- each thread sends its own range once, never wrapping into another's (a duplicate
+  -- would be answered 200 by the dedup without being a new webhook); past its range it
+  -- asks for a path that answers 404, which fails the run
+  local per_thread = math.floor(#requests / tonumber(args[2]))
+  first, last = id * per_thread + 1, (id + 1) * per_thread
+  i = first - 1
 end
 function request()
-  i = i % #requests + 1
+  i = i + 1
+  if i > last then
+    return wrk.format("GET", "/requests-exhausted")
+  end
   return requests[i]
 end
 """
+THREADS = 2
 
 
 def write_requests(count: int, folder: Path) -> Path:
@@ -94,7 +103,7 @@ def wrk(
     out = subprocess.run(
         [
             "wrk",
-            "-t2",
+            f"-t{THREADS}",
             f"-c{connections}",
             f"-d{seconds}s",
             "--latency",
@@ -103,6 +112,7 @@ def wrk(
             f"http://127.0.0.1:{port}/webhook",
             "--",
             str(requests),
+            str(THREADS),
         ],
         capture_output=True,
         text=True,
@@ -120,6 +130,7 @@ def wrk(
         "p50": latency("50"),
         "p99": latency("99"),
         "errors": float(non_2xx.group(1)) if non_2xx else 0.0,
+        "requests": float(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
     }
 
 
@@ -186,6 +197,17 @@ def main(seconds: int, connections: int) -> None:
             f"{ours['errors']:>9.0f}"
         )
         print(f"webhooks accepted into the replay log and queues: {accepted}")
+        for name, run in (("bare FastAPI", bare), ("parley ingress", ours)):
+            if run["errors"]:
+                sys.exit(
+                    f"Error: {name} answered {run['errors']:.0f} requests with a non-2xx "
+                    "status (or ran out of distinct requests): the figures are invalid"
+                )
+        if accepted < ours["requests"]:
+            sys.exit(
+                f"Error: {ours['requests']:.0f} requests answered but only {accepted} "
+                "webhooks accepted: the figures are invalid"
+            )
         print(f"ratio parley ingress / bare FastAPI: {ours['rps'] / bare['rps']:.2f}")
     finally:
         for process in processes:

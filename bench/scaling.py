@@ -6,20 +6,23 @@ their leases cover every partition, then puts all webhooks on the queues at once
 clock runs from the first message taken until every queue is drained and nothing is
 left unacked.
 
-    python -m bench.scaling [--webhooks N]
+    python -m bench.scaling [--webhooks N] [--rounds R]
+
+Several rounds, one node and two taking turns at going first; medians reported.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.pipeline import ROOT, USERS, remaining
+from bench.pipeline import ROOT, USERS, alternate, figures, remaining
 from parley.testing import RedisServer, envelope
 from parley.wire.keys import queue_name
 from parley.wire.messages import celery_message
@@ -85,19 +88,23 @@ def run_nodes(server: RedisServer, settings: Settings, nodes: int, webhooks: int
             process.wait(timeout=30)
 
 
-def main(webhooks: int) -> None:
+def main(webhooks: int, rounds: int) -> None:
     server = RedisServer().start()
     try:
         settings = Settings(redis_url=server.url)
-        one = run_nodes(server, settings, 1, webhooks)
-        two = run_nodes(server, settings, 2, webhooks)
+        one, two = alternate(
+            rounds,
+            lambda: run_nodes(server, settings, 1, webhooks),
+            lambda: run_nodes(server, settings, 2, webhooks),
+        )
         print(
             f"{webhooks} webhooks, {USERS} users, {settings.partitions} partitions, "
-            f"--partitions auto, {os.cpu_count()} CPUs"
+            f"--partitions auto, {os.cpu_count()} CPUs, {rounds} rounds taking turns"
         )
-        print(f"1 node  : {one:7.0f} webhooks/s")
-        print(f"2 nodes : {two:7.0f} webhooks/s")
-        print(f"ratio 2 nodes / 1 node: {two / one:.2f}")
+        print(f"1 node  : {figures(one)} webhooks/s")
+        print(f"2 nodes : {figures(two)} webhooks/s")
+        ratio = statistics.median(two) / statistics.median(one)
+        print(f"ratio 2 nodes / 1 node (medians): {ratio:.2f}")
     finally:
         server.close()
 
@@ -105,4 +112,6 @@ def main(webhooks: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--webhooks", type=int, default=3000)
-    main(parser.parse_args().webhooks)
+    parser.add_argument("--rounds", type=int, default=3)
+    arguments = parser.parse_args()
+    main(arguments.webhooks, arguments.rounds)

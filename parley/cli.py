@@ -220,6 +220,8 @@ def _join_as_auto_node(runtime: Any, celery_app: Any) -> None:
     coordinator.on_take = lambda partition: runtime.run(runtime.recover([partition]))
     runtime.fenced = True  # begin.lua runs an envelope only while the lease is ours
     runtime.on_lease_lost = coordinator.lease_lost
+    runtime.holds = coordinator.holds  # every cache call and send checks the lease first
+    runtime.on_abandoned = coordinator.give_up
     try:  # beside ownership; it stops as soon as the node drains (SIGTERM)
         reconciler = Reconciler.for_settings(settings, runtime.node, stopping=coordinator.draining)
     except NoQueues as exc:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from parley.testing import PHONE_ID, FakeGraphAPI, RedisServer, envelope
 from parley.testing import sign as signed_headers
+from parley.testing.deliveries import delivery, text_message
+from parley.testing.redis_server import PortTaken, on_free_port, port_taken
 from parley.wire.keys import queue_name
 from parley.wire.partition import partition_for
 from parley.workers.celery import create_celery, publish
@@ -181,3 +184,61 @@ def cli(server: RedisServer, *args: str, partitions: int = PARTITIONS) -> str:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
+
+
+def post_steadily(
+    client: httpx.Client,
+    messages: list[tuple[str, int]],
+    rate: float,
+    stop: threading.Event | None = None,
+) -> threading.Thread:
+    """Post ``(user, seq)`` text messages, signed, one delivery each, at ``rate`` per
+    second, on a thread; message ids are ``wamid.<user>.<seq>``."""
+
+    def run() -> None:
+        start = time.monotonic()
+        for n, (user, seq) in enumerate(messages):
+            if stop is not None and stop.is_set():
+                return
+            delay = start + n / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)  # pacing the stream, not synchronisation
+            body = orjson.dumps(delivery([text_message(user, str(seq), f"wamid.{user}.{seq}")]))
+            answer = client.post("/webhook", content=body, headers=sign(body))
+            assert answer.status_code == 200, answer.text
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def serve_on_free_port(
+    command: Callable[[int], list[str]],
+    ready: Callable[[int], bool],
+    log_path: Path,
+    timeout: float = 30.0,
+    **popen: Any,
+) -> tuple[subprocess.Popen[bytes], int]:
+    """``command(port)`` as a process, waited for until ``ready(port)``; on another free
+    port when the one chosen was taken meanwhile (its output says so). Returns the
+    process and its port."""
+
+    def start(port: int) -> tuple[subprocess.Popen[bytes], int]:
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(command(port), stdout=log, stderr=subprocess.STDOUT, **popen)
+
+        def up() -> bool:
+            if process.poll() is not None:
+                output = log_path.read_text(errors="replace")
+                raise (PortTaken if port_taken(output) else RuntimeError)(output)
+            return ready(port)
+
+        try:
+            wait_for(up, timeout=timeout, what=f"{command(port)[0]} on port {port}")
+        except BaseException:
+            process.kill()
+            process.wait(timeout=30)
+            raise
+        return process, port
+
+    return on_free_port(start)

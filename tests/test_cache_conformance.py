@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel, Field
@@ -15,10 +17,14 @@ from parley.cache import (
     CacheError,
     CacheFactory,
     CacheTypeError,
+    CacheUnavailableError,
     CacheValidationError,
     ICache,
     KeyFactory,
+    create_cache_factory,
 )
+from parley.cache.redis import close_pools
+from parley.testing import free_port
 from tests.conftest import BACKENDS, make_factory
 
 TENANT, USER = "hotel123", "1234567890"
@@ -279,9 +285,9 @@ async def test_model_values_in_fields(users: ICache) -> None:
 # -- argument errors ----------------------------------------------------------------------
 
 
-async def test_argument_errors_raise_before_io(state: ICache) -> None:
-    await state.set("doc", {"a": 1})
-    bad_calls = [
+def bad_calls(state: ICache) -> list[tuple[type[Exception], Coroutine[Any, Any, Any]]]:
+    """Calls whose arguments are wrong, and the error each must raise."""
+    return [
         (CacheArgumentError, state.set("", {"a": 1})),
         (CacheArgumentError, state.set_field("doc", "a\x00b", 1)),
         (CacheArgumentError, state.set("doc", {"a\x00": 1})),
@@ -301,12 +307,37 @@ async def test_argument_errors_raise_before_io(state: ICache) -> None:
         (CacheArgumentTypeError, state.get("doc", models=dict)),
         (CacheArgumentTypeError, state.get(None)),
     ]
-    for error, call in bad_calls:
+
+
+async def test_argument_errors_change_nothing(state: ICache) -> None:
+    await state.set("doc", {"a": 1})
+    for error, call in bad_calls(state):
         with pytest.raises(error):
             await call
     assert await state.get("doc") == {"a": 1}
     assert issubclass(CacheArgumentError, ValueError) and issubclass(CacheArgumentError, CacheError)
     assert issubclass(CacheArgumentTypeError, TypeError)
+
+
+@pytest.mark.parametrize("backend", ["json", "redis"])
+async def test_argument_errors_raise_before_io(backend: str, tmp_path: Path) -> None:
+    """Against a store nothing can reach (Redis on a port nothing listens on; JSON files
+    under a regular file, where no folder can be made or read): any I/O before the
+    arguments' check would raise CacheUnavailableError instead of the argument error."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    factory = create_cache_factory(
+        backend, redis_url=f"redis://127.0.0.1:{free_port()}", json_cache_dir=blocker / "cache"
+    )
+    state = factory(tenant_id=TENANT, user_id=USER).create_state_cache()
+    try:
+        with pytest.raises(CacheUnavailableError):  # unreachable indeed
+            await state.get("doc")
+        for error, call in bad_calls(state):
+            with pytest.raises(error):
+                await call
+    finally:
+        await close_pools()
 
 
 async def test_factory_needs_ids(factory: type[CacheFactory]) -> None:

@@ -20,20 +20,23 @@ from pathlib import Path
 from typing import Any
 
 import click
+import flower as flower_package  # noqa: F401  # declared, as honcho: missing fails, never skips
 import httpx
 import orjson
 import pytest
 import redis
 import yaml
+from honcho.environ import parse_procfile
 from pydantic import AliasChoices
 
 from parley.asgi import create_ingress
 from parley.cli import main
 from parley.testing import FakeGraphAPI, RedisServer, delivery, free_port, text_message
+from parley.testing.redis_server import PortTaken, on_free_port, port_taken
 from parley.workers.builder import ParleyApp, load_app
 from parley.workers.leases import holders, live_nodes
 from parley.workers.settings import Settings
-from tests.helpers import sign, wait_for
+from tests.helpers import serve_on_free_port, sign, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -177,7 +180,6 @@ def check_parley_flower(argv: list[str]) -> click.Context:
     command lines)."""
     ctx = parse_parley(argv)
     assert ctx.info_name == "flower", argv
-    pytest.importorskip("flower")
     extras = list(ctx.params["flower_options"])
     for arg in extras:
         assert arg.startswith("--") and "=" in arg, f"write flower options as --name=value: {arg}"
@@ -370,11 +372,22 @@ def test_compose_redis_requires_the_password_and_the_healthcheck_gives_it(
     env = {"REDIS_PASSWORD": REDIS_PASSWORD}
     argv = argv_of(redis_service["command"], env)
     assert argv[0] == "redis-server" and REDIS_PASSWORD in argv
-    port = free_port()
-    server = subprocess.Popen(
-        [binary, *argv[1:], "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    log_path = tmp_path / "redis-server.log"
+
+    def answers(port: int) -> bool:
+        with redis.Redis(
+            port=port, password=REDIS_PASSWORD, socket_connect_timeout=1, socket_timeout=1
+        ) as client:
+            return _pings(client)
+
+    server, port = serve_on_free_port(
+        lambda port: [
+            *(binary, *argv[1:]),
+            *("--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)),
+        ],
+        answers,
+        log_path,
+        timeout=20,
     )
     try:
         urls = {
@@ -383,8 +396,6 @@ def test_compose_redis_requires_the_password_and_the_healthcheck_gives_it(
             )
             for name in PARLEY_SERVICES
         }
-        client = redis.Redis.from_url(urls["ingress"], socket_connect_timeout=1)
-        wait_for(lambda: _pings(client), timeout=20, what="redis-server")
         with pytest.raises(redis.AuthenticationError):  # no password, no Redis
             redis.Redis(port=port).ping()
         for name, url in urls.items():  # each Parley URL, and the DBs derived from it
@@ -412,7 +423,7 @@ def test_compose_redis_requires_the_password_and_the_healthcheck_gives_it(
 def _pings(client: redis.Redis) -> bool:
     try:
         return bool(client.ping())
-    except redis.ConnectionError:
+    except redis.RedisError:  # not up yet (or, on a port taken meanwhile, not Redis)
         return False
 
 
@@ -552,8 +563,7 @@ def test_dockerfile() -> None:
 
 
 def procfile() -> dict[str, str]:
-    honcho_environ = pytest.importorskip("honcho.environ")
-    return dict(honcho_environ.parse_procfile(PROCFILE.read_text()).processes)
+    return dict(parse_procfile(PROCFILE.read_text()).processes)
 
 
 def test_procfile_commands() -> None:
@@ -610,10 +620,7 @@ def get(url: str, **kwargs: Any) -> httpx.Response | None:
 @pytest.mark.timeout(180)
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_procfile_under_honcho_serves_a_pizza_conversation(tmp_path: Path) -> None:
-    pytest.importorskip("honcho")
-    pytest.importorskip("flower")
     server = RedisServer().start()
-    port, flower_port = free_port(), free_port()
     # a developer's own .env must not leak in: honcho reads -e (default .env) and lets it
     # override the environment, and takes PORT from it before -p; so an empty file and -p
     empty_env = tmp_path / "empty.env"
@@ -626,48 +633,68 @@ def test_procfile_under_honcho_serves_a_pizza_conversation(tmp_path: Path) -> No
     log_path = tmp_path / "honcho.log"
     honcho: subprocess.Popen[bytes] | None = None
     children: list[int] = []
+
+    def running(predicate: Callable[[], Any]) -> Callable[[], Any]:
+        """predicate, while honcho runs (it stops everything when one process exits)."""
+
+        def check() -> Any:
+            assert honcho is not None
+            if honcho.poll() is not None:
+                output = log_path.read_text(errors="replace")
+                error = PortTaken if port_taken(output) else AssertionError
+                raise error(f"honcho exited ({honcho.returncode}):\n{output[-4000:]}")
+            return predicate()
+
+        return check
+
     try:
-        with FakeGraphAPI(token="t") as graph, log_path.open("wb") as log:
-            env = {
-                **inherited,
-                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{inherited.get('PATH', '')}",
-                "PARLEY_REDIS_URL": server.url,
-                "PARLEY_PARTITIONS": str(PARTITIONS),
-                "PARLEY_LEASE_TTL": "2",
-                "PARLEY_APP": "parley.examples.pizza:app",
-                "WHATSAPP_TOKEN": "t",
-                "WHATSAPP_API_BASE": graph.url,
-                "WHATSAPP_APP_SECRET": APP_SECRET,
-                "WHATSAPP_VERIFY_TOKEN": VERIFY_TOKEN,
-                "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH),
-                "FLOWER_PORT": str(flower_port),
-                "PORT": str(port),
-            }
-            honcho = subprocess.Popen(
-                [
-                    *(sys.executable, "-m", "honcho", "start", "--no-colour"),
-                    *("-f", str(PROCFILE), "-d", str(ROOT), "-e", str(empty_env)),
-                    *("-p", str(port), "web", "worker", "flower"),
-                ],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        with FakeGraphAPI(token="t") as graph:
+
+            def start(port: int, flower_port: int) -> tuple[str, str]:
+                """honcho running the Procfile, the ingress and Flower answering on these
+                ports; PortTaken (honcho stopped) if something took one meanwhile."""
+                nonlocal honcho
+                server.client().flushall()  # what the worker of an earlier try left
+                env = {
+                    **inherited,
+                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{inherited.get('PATH', '')}",
+                    "PARLEY_REDIS_URL": server.url,
+                    "PARLEY_PARTITIONS": str(PARTITIONS),
+                    "PARLEY_LEASE_TTL": "3",
+                    "PARLEY_APP": "parley.examples.pizza:app",
+                    "WHATSAPP_TOKEN": "t",
+                    "WHATSAPP_API_BASE": graph.url,
+                    "WHATSAPP_APP_SECRET": APP_SECRET,
+                    "WHATSAPP_VERIFY_TOKEN": VERIFY_TOKEN,
+                    "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH),
+                    "FLOWER_PORT": str(flower_port),
+                    "PORT": str(port),
+                }
+                with log_path.open("wb") as log:
+                    honcho = subprocess.Popen(
+                        [
+                            *(sys.executable, "-m", "honcho", "start", "--no-colour"),
+                            *("-f", str(PROCFILE), "-d", str(ROOT), "-e", str(empty_env)),
+                            *("-p", str(port), "web", "worker", "flower"),
+                        ],
+                        cwd=ROOT,
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                base, flower = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{flower_port}/"
+                try:
+                    health = running(lambda: (r := get(f"{base}/healthz")) and r.status_code == 200)
+                    wait_for(health, timeout=60, what="the ingress's /healthz")
+                    wait_for(running(lambda: get(flower)), timeout=60, what="flower to listen")
+                except PortTaken:
+                    stop(honcho)
+                    raise
+                return base, flower
+
+            base, flower = on_free_port(lambda port: start(port, free_port()))
+            assert honcho is not None
             process = honcho
-
-            def running(predicate: Callable[[], Any]) -> Callable[[], Any]:
-                def check() -> Any:
-                    if process.poll() is not None:
-                        output = log_path.read_text(errors="replace")[-4000:]
-                        raise AssertionError(f"honcho exited ({process.returncode}):\n{output}")
-                    return predicate()
-
-                return check
-
-            base = f"http://127.0.0.1:{port}"
-            health = running(lambda: (r := get(f"{base}/healthz")) and r.status_code == 200)
-            wait_for(health, timeout=60, what="the ingress's /healthz")
             pipeline = redis.Redis.from_url(server.db_url(3))
             wait_for(
                 running(lambda: None not in holders(pipeline, PARTITIONS)),
@@ -676,8 +703,6 @@ def test_procfile_under_honcho_serves_a_pizza_conversation(tmp_path: Path) -> No
             )
             assert len(live_nodes(pipeline)) == 1
 
-            flower = f"http://127.0.0.1:{flower_port}/"
-            wait_for(running(lambda: get(flower)), timeout=60, what="flower to listen")
             assert get(flower).status_code == 401  # type: ignore[union-attr]
             assert get(flower, auth=("admin", "wrong")).status_code == 401  # type: ignore[union-attr]
             assert get(flower, auth=FLOWER_AUTH).status_code == 200  # type: ignore[union-attr]
@@ -718,15 +743,21 @@ def test_procfile_under_honcho_serves_a_pizza_conversation(tmp_path: Path) -> No
             assert live_nodes(pipeline) == {}
             pipeline.close()
     finally:
-        if honcho is not None and honcho.poll() is None:
-            children = descendants(honcho.pid)
-            honcho.terminate()
-            try:
-                honcho.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                honcho.kill()
-                honcho.wait()
-        for pid in children:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        if honcho is not None:
+            stop(honcho, children)
         server.close()
+
+
+def stop(honcho: subprocess.Popen[bytes], children: list[int] | None = None) -> None:
+    """honcho and every process below it (or in children) ended, by SIGTERM or else KILL."""
+    children = [*(children or []), *(descendants(honcho.pid) if honcho.poll() is None else [])]
+    if honcho.poll() is None:
+        honcho.terminate()
+        try:
+            honcho.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            honcho.kill()
+            honcho.wait()
+    for pid in children:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)

@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from parley.testing import FakeGraphAPI, RedisServer, free_port
+from parley.testing import FakeGraphAPI, RedisServer
+from parley.testing.redis_server import PortTaken, on_free_port, port_taken
 from tests.helpers import PARTITIONS, Pipeline, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,41 +25,56 @@ SECRET_TEXT = "deliver to 221B Baker Street"
 
 @pytest.fixture
 def flower(redis_url: str, redis_server: RedisServer, tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    log = (tmp_path / "flower.log").open("wb")
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "celery", "-A", "parley.workers", "flower"),
-            f"--port={port}",
-            "--address=127.0.0.1",
-        ],
-        cwd=ROOT,
-        env={
-            **os.environ,
-            "PARLEY_REDIS_URL": redis_server.url,
-            "PARLEY_PARTITIONS": str(PARTITIONS),
-            "FLOWER_BASIC_AUTH": ":".join(AUTH),  # as the compose file passes it
-        },
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "flower.log"
 
-    def up() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError((tmp_path / "flower.log").read_text())
+    def start(port: int) -> tuple[subprocess.Popen[bytes], str]:
+        """Flower on port, answering; PortTaken if something took the port meanwhile."""
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "celery", "-A", "parley.workers", "flower"),
+                    f"--port={port}",
+                    "--address=127.0.0.1",
+                ],
+                cwd=ROOT,
+                env={
+                    **os.environ,
+                    "PARLEY_REDIS_URL": redis_server.url,
+                    "PARLEY_PARTITIONS": str(PARTITIONS),
+                    "FLOWER_BASIC_AUTH": ":".join(AUTH),  # as the compose file passes it
+                },
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        url = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            if process.poll() is not None:
+                output = log_path.read_text(errors="replace")
+                raise (PortTaken if port_taken(output) else RuntimeError)(output)
+            try:
+                return httpx.get(f"{url}/healthcheck", auth=AUTH).status_code == 200
+            except httpx.TransportError:
+                return False
+
         try:
-            return httpx.get(f"{url}/healthcheck", auth=AUTH).status_code == 200
-        except httpx.TransportError:
-            return False
+            wait_for(up, timeout=60, what="flower")
+        except BaseException:
+            stop(process)
+            raise
+        return process, url
 
+    process, url = on_free_port(start)
     try:
-        wait_for(up, timeout=60, what="flower")
         yield url
     finally:
+        stop(process)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
         process.terminate()
         process.wait(timeout=30)
-        log.close()
 
 
 def test_flower_shows_nodes_partition_queues_and_safe_tasks(

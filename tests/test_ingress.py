@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import socket
+import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from parley.asgi import create_ingress
@@ -21,6 +23,7 @@ from parley.wire.messages import celery_message
 from parley.wire.partition import partition_for
 from parley.workers.celery import create_celery, publish
 from parley.workers.settings import Settings
+from parley.workers.webhook import split_delivery
 from tests.helpers import (
     PARTITIONS,
     VERIFY,
@@ -134,27 +137,54 @@ def test_bad_input_is_refused_and_nothing_recorded(
 
 def test_message_has_celerys_own_shape(redis_url: str, redis_server: RedisServer) -> None:
     """The message the ingress pushes itself (written out in parley.wire.messages,
-    without Celery) is the one Celery's own publish puts on the queue, field by field
-    (only the random ids and the sender's name differ)."""
+    without Celery) is the one Celery's own publish puts on the queue, whole: every
+    header, property and top-level field, and the body's JSON, with only the random ids
+    masked (where they must be equal, they are), the sender's name before the @ of its
+    origin, and Celery's reply_to, its app's id for results (Parley keeps none: '')."""
     settings = make_settings(redis_url)
+    celery = create_celery(settings)
     env = envelope("51900000009", "hi")
-    partition = publish(create_celery(settings), env, PARTITIONS)
-    theirs = json.loads(redis_server.client(3).lpop(queue_name(partition)))
-    ours = json.loads(celery_message(env, queue_name(partition)))
-    # per message: random ids and the sender (Celery: gen<pid>@host, the ingress: parley@host);
-    # reply_to: Celery's app id, for results (Parley keeps none; ours is empty)
-    differ = {"id", "root_id", "correlation_id", "delivery_tag", "origin", "reply_to"}
-    for part in ("headers", "properties"):
-        assert ours[part].keys() == theirs[part].keys(), part
-        for name in ours[part].keys() - differ:
-            assert ours[part][name] == theirs[part][name], (part, name)
-    assert ours["headers"]["id"] == ours["headers"]["root_id"]
-    assert ours["properties"]["correlation_id"] == ours["headers"]["id"]
-    for name in ours.keys() - {"headers", "properties", "body"}:
-        assert ours[name] == theirs[name], name
-    assert json.loads(base64.b64decode(ours["body"])) == json.loads(
-        base64.b64decode(theirs["body"])
-    )
+    partition = publish(celery, env, PARTITIONS)
+    theirs = masked(redis_server.client(3).lpop(queue_name(partition)))
+    ours = masked(celery_message(env, queue_name(partition)))
+    assert theirs["properties"].pop("reply_to") == celery.thread_oid
+    assert ours["properties"].pop("reply_to") == ""
+    assert ours == theirs
+    # and the masks hid nothing else: the same structure of ids on both sides
+    assert ours["headers"]["id"] == ours["headers"]["root_id"] == "<id 0>"
+    assert ours["properties"]["correlation_id"] == "<id 0>"
+    assert ours["properties"]["delivery_tag"] == "<id 1>"
+    assert ours["headers"]["origin"] == f"<sender>@{socket.gethostname()}"
+    assert ours["body"][0] == [env.to_json()]
+
+
+#: Where a task message carries per-message random ids (uuid4)
+MESSAGE_IDS = (
+    ("headers", "id"),
+    ("headers", "root_id"),
+    ("properties", "correlation_id"),
+    ("properties", "delivery_tag"),
+)
+
+
+def masked(raw: bytes | None) -> dict[str, Any]:
+    """A Celery message as JSON, its body decoded (base64, then JSON: Celery writes
+    ``", "``, orjson ``","``), each distinct random id replaced by ``<id n>`` in order of
+    appearance, and the sender's name in ``origin`` (Celery's gen<pid>, the ingress's
+    parley) by ``<sender>``."""
+    assert raw is not None
+    message: dict[str, Any] = json.loads(raw)
+    assert message["properties"]["body_encoding"] == "base64"
+    message["body"] = json.loads(base64.b64decode(message["body"]))
+    names: dict[str, str] = {}
+    for part, field in MESSAGE_IDS:
+        value = message[part][field]
+        assert uuid.UUID(value).version == 4, (part, field, value)
+        message[part][field] = names.setdefault(value, f"<id {len(names)}>")
+    _, at, host = message["headers"]["origin"].partition("@")
+    assert at, message["headers"]["origin"]
+    message["headers"]["origin"] = f"<sender>@{host}"
+    return message
 
 
 def test_health(ingress: httpx.Client) -> None:
@@ -310,12 +340,24 @@ def test_fuzz_signed_mutations_never_500(
     if fits_dict or fits_list:
         target[key] = value
     body = orjson.dumps(payload)
-    before = len(redis_server.client(3).xrange(REPLAY_LOG))
+    log = redis_server.client(3)
+    last = log.xrevrange(REPLAY_LOG, count=1)
+    since = last[0][0].decode() if last else "0-0"
     response = ingress.post("/webhook", content=body, headers=sign(body))
     assert response.status_code in (200, 400), response.text
-    after = len(redis_server.client(3).xrange(REPLAY_LOG))
+    added = log.xrange(REPLAY_LOG, min=f"({since}")  # what this delivery logged
+    event(f"{response.status_code}, {len(added)} logged")
     if response.status_code == 400:
-        assert after == before
+        assert added == []
+        return
+    answer = response.json()
+    delivered = [e.event_id for e in split_delivery(orjson.loads(body))]
+    assert answer["accepted"] + answer["duplicates"] == len(delivered), answer
+    # one entry per accepted envelope, in the delivery's order; none for a duplicate
+    logged = [orjson.loads(fields[b"envelope"])["event_id"] for _, fields in added]
+    assert len(logged) == answer["accepted"], (answer, logged)
+    remaining = iter(delivered)
+    assert all(event in remaining for event in logged), (logged, delivered)
 
 
 @FUZZ

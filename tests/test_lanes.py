@@ -178,7 +178,7 @@ def test_a_hand_over_waits_for_every_lane_of_the_partition_to_drain(
     moving = next(
         k for k, node in assignment(PARTITIONS, [first, second]).items() if node == second
     )
-    pipeline = Pipeline(redis_server, tmp_path, graph, PARLEY_LEASE_TTL="1")
+    pipeline = Pipeline(redis_server, tmp_path, graph, PARLEY_LEASE_TTL="3")
     broker = redis_server.client(3)
     users = users_in(moving, 3)
     try:

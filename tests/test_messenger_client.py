@@ -59,16 +59,23 @@ async def test_every_send_has_the_cloud_api_shape(graph: FakeGraphAPI) -> None:
     await m.aclose()
 
 
-async def test_bad_arguments_fail_before_sending(graph: FakeGraphAPI) -> None:
-    m = messenger(graph)
-    with pytest.raises(ValueError, match="1 to 3"):
-        await m.send_buttons("?", "1", [("a", "A")] * 4)
-    with pytest.raises(ValueError, match="20 characters"):
-        await m.send_buttons("?", "1", [("a", "A" * 21)])
-    with pytest.raises(ValueError, match="exactly one"):
-        await m.send_image("1")
-    assert graph.requests == 0
-    await m.aclose()
+async def test_bad_arguments_fail_before_sending() -> None:
+    """Against a Graph API nothing can reach (a port nothing listens on): a request
+    before the arguments' check would raise TransientFailure instead."""
+    m = WhatsAppMessenger(
+        TOKEN, "1065", api_base=f"http://127.0.0.1:{free_port()}", retry_deadline=0.3
+    )
+    try:
+        with pytest.raises(TransientFailure, match="unreachable"):  # unreachable indeed
+            await m.send_text("hi", "1")
+        with pytest.raises(ValueError, match="1 to 3"):
+            await m.send_buttons("?", "1", [("a", "A")] * 4)
+        with pytest.raises(ValueError, match="20 characters"):
+            await m.send_buttons("?", "1", [("a", "A" * 21)])
+        with pytest.raises(ValueError, match="exactly one"):
+            await m.send_image("1")
+    finally:
+        await m.aclose()
 
 
 async def test_bad_token_raises_with_metas_code(graph: FakeGraphAPI) -> None:

@@ -119,12 +119,33 @@ def test_replay_filters_and_dry_run(ingress: httpx.Client, redis_server: RedisSe
 
     since, until = log[4][0].decode(), log[10][0].decode()
     cli(redis_server, "replay", "--since", since, "--until", until, "--yes")
-    replayed = sorted(
-        (orjson.loads(base64.b64decode(m["body"]))[0][0]["received_at"], k)
+    # entries 4..10 inclusive, nothing before or after: posted user by user, round by round
+    wanted = [(users[i % 3], str(i // 3)) for i in range(4, 11)]
+    logged = [orjson.loads(fields[b"envelope"]) for _, fields in log]
+    assert [(e["user_id"], text_of(e)) for e in logged[4:11]] == wanted
+    window = {
+        entry_id.decode(): envelope["event_id"]
+        for (entry_id, _), envelope in zip(log[4:11], logged[4:11], strict=True)
+    }
+    replayed = {  # each partition's queue in its order
+        k: [orjson.loads(base64.b64decode(m["body"]))[0][0] for m in messages]
         for k, messages in queues(redis_server).items()
-        for m in messages
-    )
-    assert len(replayed) == 7  # entries 4..10 inclusive
+    }
+    # every replayed envelope names its log entry: exactly the window's, each once
+    by_entry = {
+        b["replay_id"].rpartition(":")[2]: b for bodies in replayed.values() for b in bodies
+    }
+    assert sum(map(len, replayed.values())) == len(by_entry) == 7
+    assert {entry: b["event_id"] for entry, b in by_entry.items()} == window
+    for k, bodies in replayed.items():  # each partition in log order
+        in_partition = [b["replay_id"].rpartition(":")[2] for b in bodies]
+        assert in_partition == sorted(in_partition, key=list(window).index), k
+    assert sorted((b["user_id"], text_of(b)) for b in by_entry.values()) == sorted(wanted)
+
+
+def text_of(envelope: dict) -> str:
+    text: str = envelope["payload"]["messages"][0]["text"]["body"]
+    return text
 
 
 def test_dead_letters_replay_after_the_fix(

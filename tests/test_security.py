@@ -16,14 +16,14 @@ import pytest
 from pydantic import ValidationError
 
 from parley.asgi import create_ingress, from_environment
-from parley.testing import PHONE_ID, FakeGraphAPI, RedisServer, delivery, free_port, text_message
+from parley.testing import PHONE_ID, FakeGraphAPI, RedisServer, delivery, text_message
 from parley.testing import sign as signed_with
 from parley.wire.envelope import Envelope
 from parley.wire.keys import DEAD_LETTERS
 from parley.wire.messages import task_repr
 from parley.workers.messenger import WhatsAppMessenger
 from parley.workers.settings import Settings
-from tests.helpers import ROOT, SECRET, make_settings, pipeline_keys, sign, wait_for
+from tests.helpers import ROOT, SECRET, make_settings, pipeline_keys, serve_on_free_port, sign
 from tests.http_server import ServedApp
 
 
@@ -183,23 +183,25 @@ def test_two_hundred_slow_unsigned_uploads_stay_within_the_memory_bound(
     (32 MiB: the bodies being read, and the joined copies of those being checked), plus
     uvicorn's read buffers (64 KiB a connection) and 32 MiB of slack. Before the budget
     the same flood took the ingress from 72 MB to 848 MB."""
-    port = free_port()
-    log = (tmp_path / "ingress.log").open("w")
+    log_path = tmp_path / "ingress.log"
     env = {
         **os.environ,
         "PARLEY_REDIS_URL": redis_url,
         "WHATSAPP_APP_SECRET": SECRET,
         "PARLEY_BODY_TIMEOUT": "20",
     }
-    ingress = subprocess.Popen(
-        [sys.executable, "-m", "parley", "ingress", "--host", "127.0.0.1", "--port", str(port)],
+
+    ingress, port = serve_on_free_port(
+        lambda port: [
+            *(sys.executable, "-m", "parley", "ingress"),
+            *("--host", "127.0.0.1", "--port", str(port)),
+        ],
+        _healthy,
+        log_path,
         env=env,
         cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
     )
     try:
-        wait_for(lambda: _healthy(port), timeout=30, what="the ingress")
         at_rest = rss_bytes(ingress.pid)
         peak = at_rest
         connections, size = 200, 3 * 1024 * 1024
@@ -224,8 +226,7 @@ def test_two_hundred_slow_unsigned_uploads_stay_within_the_memory_bound(
     finally:
         ingress.terminate()
         ingress.wait(timeout=30)
-        log.close()
-    text = (tmp_path / "ingress.log").read_text()
+    text = log_path.read_text()
     assert "Traceback" not in text and "ClientDisconnect" not in text, text[-3000:]
 
 

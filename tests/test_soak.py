@@ -13,37 +13,15 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
-import orjson
 
 from parley.testing import FakeGraphAPI, RedisServer
-from parley.testing.deliveries import delivery, text_message
 from parley.wire.keys import RECOVERED
-from tests.helpers import RECONCILING, Pipeline, sign, wait_for
+from tests.helpers import RECONCILING, Pipeline, post_steadily, wait_for
 from tests.test_ownership import chaos_runs
 
 KILLS = 20
 USERS = [f"5199{n:06d}" for n in range(100)]
 RATE = 50  # webhooks per second
-
-
-def post_steadily(
-    client: httpx.Client, messages: list[tuple[str, int]], stop: threading.Event
-) -> threading.Thread:
-    def run() -> None:
-        start = time.monotonic()
-        for n, (user, seq) in enumerate(messages):
-            if stop.is_set():
-                return
-            delay = start + n / RATE - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)  # pacing the stream, not synchronisation
-            body = orjson.dumps(delivery([text_message(user, str(seq), f"wamid.{user}.{seq}")]))
-            answer = client.post("/webhook", content=body, headers=sign(body))
-            assert answer.status_code == 200, answer.text
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
 
 
 def test_twenty_sigkills_under_a_steady_stream_lose_nothing(
@@ -61,7 +39,7 @@ def test_twenty_sigkills_under_a_steady_stream_lose_nothing(
     try:
         for _ in range(3):
             pipeline.start_worker("tests.apps:chaos", "auto", next(names))
-        publisher = post_steadily(ingress, messages, stop)
+        publisher = post_steadily(ingress, messages, RATE, stop)
         pause = random.Random(7)
         for _ in range(KILLS):  # a node dies and a new one joins, every second or two
             alive = [w for w in pipeline.workers if w.process.poll() is None]

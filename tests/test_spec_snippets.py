@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, tzinfo
 
 import pytest
 from pydantic import BaseModel, Field, ValidationError
@@ -542,7 +542,24 @@ class AnalyticsHandler(SpecHandler):
         await self.table_cache.append_to_list("stats", user_key, webhook.user.user_id, ttl=86400)
 
 
-async def test_common_patterns(factory: type[CacheFactory]) -> None:
+class StoppedClock(datetime):
+    """The snippets' ``datetime`` in ``test_common_patterns``: ``now()`` stays at ``at``,
+    so their dates and the test's are one date, even on a run across midnight."""
+
+    at: datetime
+
+    @classmethod
+    def now(cls, tz: tzinfo | None = None) -> datetime:  # type: ignore[override]
+        return cls.at if tz is None else cls.at.astimezone(tz)
+
+
+async def test_common_patterns(
+    factory: type[CacheFactory], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = datetime.now()
+    today = now.strftime("%Y-%m-%d")  # computed once, and the snippets' clock stays on it
+    monkeypatch.setattr(StoppedClock, "at", now, raising=False)
+    monkeypatch.setitem(globals(), "datetime", StoppedClock)
     conversation = ConversationHandler(factory)
     await conversation.handle_message(Webhook("I want to order"))
     assert await conversation.state_cache.get("conversation") == {
@@ -554,7 +571,6 @@ async def test_common_patterns(factory: type[CacheFactory]) -> None:
     analytics = AnalyticsHandler(factory)
     await analytics.track_message_stats(Webhook("/menu please"))
     await analytics.track_message_stats(Webhook("hi"))
-    today = datetime.now().strftime("%Y-%m-%d")
     assert await analytics.table_cache.get("stats") == {
         f"messages_{today}": 2, "command_/menu": 1, f"active_users_{today}": [USER, USER],
     }

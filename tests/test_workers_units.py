@@ -83,3 +83,42 @@ def test_load_app_errors() -> None:
         load_app("parley.examples.pizza")
     with pytest.raises(TypeError, match="not a ParleyApp"):
         load_app("parley.examples.pizza:SIZES")
+
+
+def test_calls_check_the_fence_before_every_call_and_retry_only_what_is_safe() -> None:
+    import asyncio
+
+    from parley.cache import CacheUnavailableError
+    from parley.workers.calls import Calls, LeaseLost, TransientFailure
+
+    ran: list[str] = []
+    held = True
+
+    def fence() -> None:
+        if not held:
+            raise LeaseLost("partition 3: lease ran out")
+
+    async def op(name: str, fail: int = 0, safe: bool = True) -> str:
+        ran.append(name)
+        if ran.count(name) <= fail:
+            raise CacheUnavailableError(f"{name} failed", retry_safe=safe)
+        return name
+
+    async def scenario() -> None:
+        nonlocal held
+        calls = Calls(deadline=5, backoff=0.001, fence=fence)
+        assert await calls.call("a", lambda: op("a", fail=2)) == "a"  # retried twice
+        with pytest.raises(CacheUnavailableError):  # not retry-safe: raised at once
+            await calls.call("b", lambda: op("b", fail=1, safe=False))
+        held = False
+        with pytest.raises(LeaseLost):  # a BaseException: `except Exception` can't eat it
+            try:
+                await calls.call("c", lambda: op("c"))
+            except Exception:
+                pytest.fail("LeaseLost was caught as an Exception")
+        brief = Calls(deadline=0.05, backoff=0.001)
+        with pytest.raises(TransientFailure, match="PARLEY_TRANSIENT_DEADLINE"):
+            await brief.call("d", lambda: op("d", fail=10**6))
+
+    asyncio.run(scenario())
+    assert ran[:4] == ["a", "a", "a", "b"] and "c" not in ran

@@ -1,11 +1,18 @@
 """Every cache operation and Graph API request a handler makes goes through ``Calls``.
 
-Retrying a whole handler repeats the side effects it already had: a counter goes up
-twice, a reply is sent twice. So Parley retries where a failure happened, one call at a
-time, and only where running the call again cannot apply it twice (the error says so:
-``retry_safe``). A connection refused before anything was sent, a Graph API 429 or 503,
-a read: retried with capped exponential backoff. A timeout after an increment or a
-message was sent: raised at once, because it may have been applied.
+Two things happen there, for every call:
+
+- **Ownership.** First it checks, locally and without a round trip, that the node still
+  holds the partition's lease (``fence``). A node that froze past its lease (a GC
+  pause, a paused VM, SIGSTOP) and woke up must not write next to the partition's new
+  owner: the call raises ``LeaseLost`` instead, and the runtime leaves the envelope to
+  that owner.
+- **Retries.** Retrying a whole handler repeats the side effects it already had: a
+  counter goes up twice, a reply is sent twice. So a failed call is retried where it
+  failed, and only where running it again cannot apply it twice (the error says so:
+  ``retry_safe``). A connection refused before anything was sent, a Graph API 429 or
+  503, a read: retried with capped exponential backoff. A timeout after an increment
+  or a message was sent: raised at once, because it may have been applied.
 
 One ``Calls`` serves one envelope, so the retries of all its calls share one deadline
 (``PARLEY_TRANSIENT_DEADLINE``, counted from the first failure). Past it the call raises
@@ -48,6 +55,11 @@ class WorkerStopping(Abandoned):
     """The worker is shutting down while this envelope waits out a failure."""
 
 
+class LeaseLost(Abandoned):
+    """The node no longer surely holds the partition's lease (it froze past it): another
+    node may be running this user's next webhooks, so this one must not write."""
+
+
 def retry_safe(exc: BaseException) -> bool:
     """Whether running the failed call again cannot apply it twice (see module doc).
     Errors that say so carry ``retry_safe = True``; anything else is not retried."""
@@ -64,12 +76,16 @@ class Calls:
         backoff: float = 0.2,
         backoff_max: float = 10.0,
         stopping: asyncio.Event | None = None,
+        fence: Callable[[], None] | None = None,
         subject: str = "",
     ) -> None:
+        """``fence`` runs before every call and raises (``LeaseLost``) when the call
+        must not happen at all."""
         self.deadline = deadline
         self.backoff = backoff
         self.backoff_max = backoff_max
         self.stopping = stopping
+        self.fence = fence
         #: what the log lines name: the envelope's ids (never message text)
         self.subject = subject
         self.failing_since: float | None = None
@@ -78,6 +94,8 @@ class Calls:
     async def call(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
         """``await op()``, retried while it fails ``retry_safe`` and time is left."""
         while True:
+            if self.fence is not None:
+                self.fence()
             try:
                 return await op()
             except Exception as exc:

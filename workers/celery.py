@@ -40,6 +40,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     if settings.redelivery_scan_interval:
         transport["unacked_restore_interval"] = settings.redelivery_scan_interval
         transport["unacked_restore_throttle"] = 1
+        # a node SIGKILLed during a scan leaves kombu's scan lock held until it expires
+        # (5 minutes by default): no redelivery anywhere until then
+        transport["unacked_mutex_expire"] = max(10, 5 * settings.redelivery_scan_interval)
     return {
         "broker_url": settings.broker,
         "broker_connection_retry_on_startup": True,

@@ -86,6 +86,11 @@ class Coordinator:
         self.draining = threading.Event()
         self.stopping = threading.Event()  # the thread ends
         self.renewed_at = time.monotonic()
+        #: partition → the monotonic time until which its lease is surely ours: the
+        #: start of the round that last acquired or renewed it, plus the TTL, less a
+        #: margin. Read by every cache call and send (``holds``), with no round trip.
+        self.valid_until: dict[int, float] = {}
+        self.margin = ttl / 6
         self.consumer: Any = None  # the Celery consumer, while it runs
         self.lanes: Lanes | None = None  # its pool's lanes
         #: run on the worker's loop before a taken partition is consumed (recovery)
@@ -161,6 +166,7 @@ class Coordinator:
             mine = dict(self.phases)
         kept = self.leases.renew(mine)
         self.renewed_at = started
+        self.valid_until.update(dict.fromkeys(kept, started + self.ttl - self.margin))
         if self.draining.is_set():
             return
         for partition in sorted(mine.keys() - kept):
@@ -175,12 +181,30 @@ class Coordinator:
         for partition in sorted(desired - mine.keys()):
             if self.draining.is_set():
                 return
+            asked = time.monotonic()
             if self.leases.acquire(partition):
+                self.valid_until[partition] = asked + self.ttl - self.margin
                 self._take(partition)
+
+    def holds(self, partition: int) -> bool:
+        """Whether this node surely still holds ``partition``'s lease: no other node
+        can have taken it yet. Local (no round trip): a node that froze past its lease
+        (a GC pause, a paused VM, SIGSTOP) finds out here, at its first call after."""
+        return time.monotonic() < self.valid_until.get(partition, 0.0)
 
     def lease_lost(self, partition: int) -> None:
         """The worker refused an envelope of ``partition``: its lease is another node's.
         Re-check at once, so the consumer is cancelled before it takes more."""
+        self.wake.set()
+
+    def give_up(self, partition: int) -> None:
+        """The worker abandoned an envelope of ``partition`` (its lease ran out under a
+        handler): stop consuming it and release it, even if the next renewal succeeds,
+        so that whoever takes it next finishes what was left in flight first."""
+        with self.lock:
+            held = partition in self.phases
+        if held:
+            self._drop(partition)
         self.wake.set()
 
     def _unreachable(self, exc: BaseException) -> None:
@@ -252,6 +276,7 @@ class Coordinator:
             if self.phases.get(partition) is not Phase.DROPPING:
                 return  # relinquished meanwhile
             self.phases.pop(partition)
+            self.valid_until.pop(partition, None)
         try:
             self.leases.release([partition])
         except redis.RedisError as exc:  # unreachable: it expires instead
@@ -289,6 +314,7 @@ class Coordinator:
         with self.lock:
             partitions = sorted(self.phases)
             self.phases.clear()
+            self.valid_until.clear()
         try:
             self.leases.release(partitions)
             if leave:

@@ -14,12 +14,16 @@ either library, nor the layout of kombu's keys.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
 from typing import Any, cast
 
 import redis
 
 from parley.cache.lua import lua
+from parley.wire.envelope import Envelope
+from parley.wire.keys import done_key
+from parley.wire.messages import task_envelope
 
 #: kombu's Redis transport: the hash of unacked messages (delivery tag → [message,
 #: exchange, routing key]) and the sorted set of their delivery times
@@ -108,6 +112,37 @@ def unacked_messages(broker: redis.Redis) -> list[dict[str, Any]]:
     return found
 
 
+def redelivery(payload: dict[str, Any]) -> None:
+    """Mark a message going back on its queue as redelivered, under a delivery tag of
+    its own: the node that held it may still ack its old tag (it was frozen, or lost
+    its lease), and that ack must not erase the unacked record of the new delivery."""
+    payload["headers"]["redelivered"] = True
+    properties = payload["properties"]
+    properties.setdefault("delivery_info", {})["redelivered"] = True
+    properties["delivery_tag"] = str(uuid.uuid4())
+
+
+def restore_one(broker: redis.Redis, queue: str, envelope: Envelope) -> bool:
+    """Put the unacked message of ``queue`` that carries ``envelope`` back at the
+    queue's front — unless the partition's new owner already did (``restore_unacked``
+    at its take) or it was acked: then it is no longer in the unacked hash and nothing
+    is pushed, so no copy ever overtakes the original. For a node that took a message
+    of a partition whose lease had passed to another node (it froze, or starved)."""
+    wanted = done_key(envelope)
+    script = broker.register_script(lua("parley.workers", "restore_unacked"))
+    for tag, raw in cast("dict[bytes, bytes]", broker.hgetall(UNACKED)).items():
+        try:
+            payload, _, routing_key = json.loads(raw)
+            carried = Envelope.from_json(task_envelope(payload) or {})
+        except (ValueError, TypeError):  # pydantic's ValidationError is a ValueError
+            continue
+        if routing_key == queue and done_key(carried) == wanted:
+            redelivery(payload)
+            restored = script(keys=[UNACKED, UNACKED_INDEX, queue], args=[tag, json.dumps(payload)])
+            return bool(restored)
+    return False
+
+
 def restore_unacked(broker: redis.Redis, queue: str) -> int:
     """Put a dead predecessor's unacked message(s) for ``queue`` back at its front.
 
@@ -128,7 +163,6 @@ def restore_unacked(broker: redis.Redis, queue: str) -> int:
     restored = 0
     for tag, raw in reversed(ours):  # newest first: the oldest ends up in front
         payload = json.loads(raw)[0]
-        payload["headers"]["redelivered"] = True
-        payload["properties"].setdefault("delivery_info", {})["redelivered"] = True
+        redelivery(payload)
         restored += script(keys=[UNACKED, UNACKED_INDEX, queue], args=[tag, json.dumps(payload)])
     return restored

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import redis
 from celery.exceptions import Reject
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -28,10 +29,18 @@ from parley.cache import CacheUnavailableError
 from parley.cache.redis import close_pools
 from parley.wire.envelope import Envelope, mask_user_id
 from parley.wire.keys import queue_name
-from parley.wire.messages import celery_message, task_repr
+from parley.wire.messages import task_repr
 from parley.wire.partition import partition_for
+from parley.workers import private_api
 from parley.workers.builder import ParleyApp
-from parley.workers.calls import Abandoned, Calls, GuardedStore, TransientFailure, WorkerStopping
+from parley.workers.calls import (
+    Abandoned,
+    Calls,
+    GuardedStore,
+    LeaseLost,
+    TransientFailure,
+    WorkerStopping,
+)
 from parley.workers.messenger import MessengerTransientError, WhatsAppMessenger
 from parley.workers.pipeline import (
     ALREADY_DONE,
@@ -117,8 +126,14 @@ class Runtime:
         self.watchdog = LoopWatchdog(self.loop, type(app.handler))
         #: --partitions auto: run an envelope only while holding its partition's lease
         self.fenced = False
+        #: --partitions auto: whether the node surely still holds a partition's lease,
+        #: asked before every cache call and send (``Coordinator.holds``)
+        self.holds: Callable[[int], bool] | None = None
+        #: a message of a partition whose lease another node holds was refused
         self.on_lease_lost: Callable[[int], object] | None = None
-        self._broker: Redis | None = None
+        #: an envelope was abandoned under a lost lease: give the partition up
+        self.on_abandoned: Callable[[int], object] | None = None
+        self._broker: redis.Redis | None = None  # to put a message back (Redis broker)
         #: set by SIGTERM (``stop_soon``): backoffs end, their envelopes stay in flight
         self.stopping = asyncio.Event()
         #: users with an envelope left in flight here: their later ones wait behind it
@@ -158,7 +173,7 @@ class Runtime:
                 await self.app.handler.on_shutdown()
             await self.messenger.aclose()
             if self._broker is not None:
-                await self._broker.aclose()
+                self._broker.close()
             await self.pipeline.aclose()
             await close_pools()
 
@@ -178,12 +193,26 @@ class Runtime:
         left in flight for the partition's next owner; the rest of its lane with it."""
         self.loop.call_soon_threadsafe(self.stopping.set)
 
-    def _calls(self, envelope: Envelope, *, deadline: float | None = None) -> Calls:
+    def _calls(
+        self, envelope: Envelope, partition: int | None = None, *, deadline: float | None = None
+    ) -> Calls:
+        """The policy of one envelope's calls; with ``partition``, each call is fenced by
+        the node's hold on that partition's lease."""
+        holds = self.holds
+
+        def fence() -> None:
+            if holds is not None and partition is not None and not holds(partition):
+                raise LeaseLost(
+                    f"partition {partition}: this node's lease ran out (it was stopped or "
+                    "starved past PARLEY_LEASE_TTL); another node owns the partition"
+                )
+
         return Calls(
             deadline=self.settings.transient_deadline if deadline is None else deadline,
             backoff=self.settings.retry_backoff,
             backoff_max=self.settings.retry_backoff_max,
             stopping=self.stopping,
+            fence=fence if holds is not None and partition is not None else None,
             subject=task_repr(envelope),
         )
 
@@ -221,16 +250,24 @@ class Runtime:
         except Abandoned as exc:
             self.abandoned_lanes.add(lane)
             log.warning("left %s in flight for the next owner: %s", task_repr(envelope), exc)
+            if isinstance(exc, LeaseLost) and self.on_abandoned is not None:
+                self.on_abandoned(partition)
             return "abandoned"
 
     async def _put_back(self, envelope: Envelope, partition: int) -> None:
         """The lease moved while this node still consumed the partition: put the
-        message back in front for the owner and make this node stop consuming."""
+        message back in front for the owner — unless the owner already did when it
+        took the partition — and make this node stop consuming."""
         queue = queue_name(partition)
         if self._broker is None:
-            self._broker = Redis.from_url(self.settings.broker)
-        await self._broker.rpush(queue, celery_message(envelope, queue))  # BRPOP's end
-        log.warning("partition %d: lease not held; put %s back", partition, task_repr(envelope))
+            self._broker = redis.Redis.from_url(self.settings.broker)
+        broker = self._broker
+        if await asyncio.to_thread(private_api.restore_one, broker, queue, envelope):
+            log.warning("partition %d: lease not held; put %s back", partition, task_repr(envelope))
+        else:  # the owner put it back when it took the partition: a copy would overtake
+            log.warning(
+                "partition %d: lease not held; left %s to its owner", partition, task_repr(envelope)
+            )
         if self.on_lease_lost is not None:
             self.on_lease_lost(partition)
 
@@ -238,10 +275,13 @@ class Runtime:
         """Run the handler once. Its calls retry themselves (``Calls``); whatever it
         raises dead-letters the envelope, unless it was abandoned."""
         t0 = time.perf_counter()
+        calls = self._calls(envelope, partition)
         try:
             async with asyncio.timeout(self.settings.handler_timeout):  # no extra Task
-                await self.dispatch(envelope)
+                await dispatch(self.app, envelope, self.messenger, calls)
         except Exception as exc:  # a bug, bad data, a timeout or an outage past its deadline
+            if calls.fence is not None:
+                calls.fence()  # froze past the lease (the "timeout" was the freeze): abandon
             error = exc
             failed_at = time.time()
             entry = await self._bookkeeping(
@@ -273,13 +313,15 @@ class Runtime:
         log.info("handled %s in %.1f ms", task_repr(envelope), seconds * 1000)
         return "done"
 
-    async def dispatch(self, envelope: Envelope) -> None:
-        await dispatch(self.app, envelope, self.messenger, self._calls(envelope))
-
     async def recover(self, partitions: list[int]) -> int:
         """Finish the envelopes a crashed owner left in flight in these partitions, before
         their queues are consumed: each lane's in the order they started, lanes at once.
         Returns how many were finished."""
+        self.abandoned_lanes = {
+            lane
+            for lane in self.abandoned_lanes
+            if partition_for(*lane, self.settings.partitions) not in partitions
+        }
         lanes: dict[tuple[str, str], list[InFlight]] = {}
         for partition in partitions:
             for record in await self.pipeline.in_flight(partition):
