@@ -5,7 +5,7 @@ Load comes from wrk (``apt-get install -y wrk``) with 32 connections, cycling th
 pre-signed ~1.2 KB deliveries that each carry a new message id, so every request is
 a new webhook (no dedup shortcut).
 
-    python -m bench.ingress [--seconds S] [--connections C]
+    python -m bench.ingress [--seconds S] [--connections C] [--requests N]
 """
 
 from __future__ import annotations
@@ -134,14 +134,14 @@ def wrk(
     }
 
 
-def main(seconds: int, connections: int) -> None:
+def main(seconds: int, connections: int, distinct: int) -> None:
     if shutil.which("wrk") is None:
         sys.exit("bench/ingress.py needs wrk: apt-get install -y wrk")
     server = RedisServer().start()
     folder = Path(tempfile.mkdtemp())
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        requests = write_requests(60_000, folder)
+        requests = write_requests(distinct, folder)
         script = folder / "post.lua"
         script.write_text(LUA)
         env = {"PARLEY_REDIS_URL": server.url, "WHATSAPP_APP_SECRET": SECRET}
@@ -201,7 +201,8 @@ def main(seconds: int, connections: int) -> None:
             if run["errors"]:
                 sys.exit(
                     f"Error: {name} answered {run['errors']:.0f} requests with a non-2xx "
-                    "status (or ran out of distinct requests): the figures are invalid"
+                    "status, or ran out of distinct requests (raise --requests): the figures "
+                    "are invalid"
                 )
         if accepted < ours["requests"]:
             sys.exit(
@@ -221,5 +222,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=80_000,
+        help="distinct signed deliveries, split between wrk's threads; each is sent once",
+    )
     args = parser.parse_args()
-    main(args.seconds, args.connections)
+    main(args.seconds, args.connections, args.requests)
