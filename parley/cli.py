@@ -15,7 +15,21 @@ import click
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-@click.group()
+class OperatorError(click.ClickException):
+    """A mistake in how Parley was started (a bad ``--app``, say): one ``Error:`` line
+    naming what to fix, exit code 2 like any usage error, no traceback."""
+
+    exit_code = 2
+
+
+def _version() -> str:
+    from parley import __version__
+
+    return __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(_version(), prog_name="parley")
 def main() -> None:
     """Parley: conversational WhatsApp apps on partitioned, ordered Celery workers."""
 
@@ -106,7 +120,14 @@ def flower(port: int, address: str, flower_options: tuple[str, ...]) -> None:
 
 
 @main.command()
-@click.option("--app", "app_path", required=True, help="The app: MODULE:ATTR (a ParleyApp).")
+@click.option(
+    "--app",
+    "app_path",
+    required=True,
+    envvar="PARLEY_APP",
+    show_envvar=True,
+    help="The app: MODULE:ATTR (a ParleyApp), MODULE found from the current folder.",
+)
 @click.option(
     "--partitions",
     default="auto",
@@ -130,7 +151,7 @@ def worker(
     webhooks one at a time, in the order they were accepted."""
     from parley.wire.keys import DEFAULT_QUEUE, queue_name
     from parley.wire.partition import parse_partitions
-    from parley.workers.builder import load_app
+    from parley.workers.builder import AppError, load_app
     from parley.workers.celery import WORKER_OPTIONS, create_celery
     from parley.workers.connections import wait_at_start
     from parley.workers.runtime import Runtime
@@ -138,7 +159,10 @@ def worker(
     logging.basicConfig(level=loglevel.upper(), format=LOG_FORMAT)
     from parley.workers.settings import weak_secret
 
-    app = load_app(app_path)
+    try:
+        app = load_app(app_path)
+    except AppError as exc:
+        raise OperatorError(str(exc)) from None
     if concurrency is not None:
         app.settings = app.settings.model_copy(update={"concurrency": concurrency})
     settings = app.settings

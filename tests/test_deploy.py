@@ -146,7 +146,8 @@ def parse_parley(argv: list[str]) -> click.Context:
     ctx = main.make_context("parley", list(args))
     command: click.Command = main
     while isinstance(command, click.Group):
-        assert not [p for p in command.params if p.name != "help"], "groups take no options"
+        options = [p for p in command.params if p.name not in ("help", "version")]
+        assert not options, "groups take no options but --help and --version"
         name, *args = args
         sub = command.get_command(ctx, name)
         assert sub is not None, f"parley has no command {name!r}"

@@ -10,7 +10,7 @@ import pytest
 from parley import ParleyApp, WappaBuilder, WappaEventHandler
 from parley.wire.keys import queue_name
 from parley.wire.partition import parse_partitions, partition_for
-from parley.workers.builder import load_app
+from parley.workers.builder import AppError, load_app
 from parley.workers.settings import Settings
 
 
@@ -81,8 +81,12 @@ def test_load_app_errors() -> None:
     assert isinstance(load_app("parley.examples.pizza:app"), ParleyApp)
     with pytest.raises(ValueError, match="MODULE:ATTR"):
         load_app("parley.examples.pizza")
-    with pytest.raises(TypeError, match="not a ParleyApp"):
+    with pytest.raises(AppError, match="not a ParleyApp"):
         load_app("parley.examples.pizza:SIZES")
+    with pytest.raises(AppError, match="no attribute 'nope'"):
+        load_app("parley.examples.pizza:nope")
+    with pytest.raises(AppError, match="cannot import nosuchmod"):
+        load_app("nosuchmod:app")
 
 
 def test_calls_check_the_fence_before_every_call_and_retry_only_what_is_safe() -> None:

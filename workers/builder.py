@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -88,16 +90,32 @@ class WappaBuilder:
         return ParleyApp(handler, Settings(**self._overrides), self._cache_backend)
 
 
+class AppError(ValueError):
+    """``--app`` names nothing loadable: the message says what to fix."""
+
+
 def load_app(path: str) -> ParleyApp:
-    """``"parley.examples.pizza:app"`` → the ``ParleyApp`` there (or built by a callable there)."""
+    """``"myapp:app"`` → the ``ParleyApp`` there (or built by a callable there). The
+    module is looked for from the current folder first, as uvicorn and celery do."""
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
-        raise ValueError(f"--app takes MODULE:ATTR, got {path!r}")
-    target = getattr(importlib.import_module(module_name), attr)
+        raise AppError(f"--app takes MODULE:ATTR (e.g. myapp:app), got {path!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        where = "" if exc.name != module_name else f" (looked in {os.getcwd()} and sys.path)"
+        raise AppError(f"--app {path}: cannot import {module_name}: {exc}{where}") from exc
+    try:
+        target = getattr(module, attr)
+    except AttributeError:
+        raise AppError(f"--app {path}: module {module_name} has no attribute {attr!r}") from None
     if callable(target) and not isinstance(target, ParleyApp):
         target = target()
     if not isinstance(target, ParleyApp):
-        raise TypeError(
-            f"{path} is {type(target).__name__}, not a ParleyApp (WappaBuilder().build())"
+        raise AppError(
+            f"--app {path} is a {type(target).__name__}, not a ParleyApp "
+            "(give the result of WappaBuilder()...build())"
         )
     return target
