@@ -6,10 +6,13 @@ from pathlib import Path
 from typing import Literal, cast
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 CacheKind = Literal["user", "state", "table"]
+
+#: What a Redis URL starts with (redis-py's schemes)
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 #: The spec's database allocation on one server.
 DEFAULT_DB: dict[CacheKind, int] = {"user": 0, "state": 1, "table": 2}
@@ -37,6 +40,13 @@ class CacheSettings(BaseSettings):
     #: How long a caller waits for a free connection before CacheUnavailableError.
     redis_pool_timeout: float = Field(default=20.0, gt=0)
     redis_socket_timeout: float = Field(default=10.0, gt=0)
+
+    @field_validator("redis_url", "user_cache_url", "state_cache_url", "table_cache_url")
+    @classmethod
+    def _a_redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(REDIS_SCHEMES):
+            raise ValueError("must be a Redis URL: redis://host:port, rediss://… or unix://…")
+        return value
 
     def url_for(self, kind: CacheKind) -> str:
         explicit = getattr(self, f"{kind}_cache_url")

@@ -28,7 +28,39 @@ def _version() -> str:
     return __version__
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class ParleyGroup(click.Group):
+    """Operator mistakes and outages end a command with one ``Error:`` line, not a
+    traceback: settings that do not validate (exit 2), a Redis that cannot be reached
+    or refuses (exit 1)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        import pydantic
+        import redis
+
+        from parley.cache.redis import redact
+
+        try:
+            return super().invoke(ctx)
+        except pydantic.ValidationError as exc:
+            raise OperatorError(settings_error(exc)) from None
+        except redis.RedisError as exc:
+            url = redact(_redis_url_of(exc) or "Redis")
+            raise click.ClickException(f"{url}: {exc}") from None
+
+
+def _redis_url_of(exc: BaseException) -> str | None:
+    """Which Redis failed, as far as the environment tells (the pipeline's)."""
+    from pydantic import ValidationError
+
+    from parley.workers.settings import Settings
+
+    try:
+        return f"the pipeline Redis at {Settings().pipeline}"
+    except ValidationError:
+        return None
+
+
+@click.group(cls=ParleyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(_version(), prog_name="parley")
 def main() -> None:
     """Parley: conversational WhatsApp apps on partitioned, ordered Celery workers."""
@@ -479,8 +511,11 @@ def dead_list() -> None:
 @click.argument("entry_id")
 def dead_show(entry_id: str) -> None:
     """One dead letter: its envelope and traceback."""
+    from parley.replay import STREAM_ID
     from parley.wire.keys import DEAD_LETTERS
 
+    if not STREAM_ID.match(entry_id):
+        raise OperatorError(f"no dead letter {entry_id}: ids look like 1767225600000-0")
     client, _ = _pipeline_client()
     found = client.xrange(DEAD_LETTERS, entry_id, entry_id)
     if not found:

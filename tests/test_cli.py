@@ -85,3 +85,18 @@ def test_version_and_short_help(folder: Path) -> None:
     assert version.returncode == 0 and version.stdout.strip() == f"parley, version {__version__}"
     short = parley("worker", "-h", cwd=folder)
     assert short.returncode == 0 and "PARLEY_APP" in short.stdout
+
+
+@pytest.mark.parametrize("command", [("status",), ("dead", "list"), ("replay", "--dry-run")])
+def test_redis_down_is_one_line(folder: Path, command: tuple[str, ...]) -> None:
+    port = free_port()  # nothing listens there
+    result = parley(*command, cwd=folder, PARLEY_REDIS_URL=f"redis://127.0.0.1:{port}")
+    one_error(result, 1, f"pipeline Redis at redis://127.0.0.1:{port}/3")
+
+
+def test_a_bad_redis_url_is_one_line(folder: Path) -> None:
+    one_error(parley("status", cwd=folder, PARLEY_REDIS_URL="notaurl"), 2, "redis_url")
+
+
+def test_an_unknown_dead_letter_id_is_one_line(folder: Path) -> None:
+    one_error(parley("dead", "show", "nope", cwd=folder), 2, "no dead letter nope")

@@ -31,14 +31,13 @@ from redis.exceptions import AuthenticationError, AuthorizationError
 from redis.retry import Retry
 
 from parley.cache.redis import redact
+from parley.cache.settings import REDIS_SCHEMES
 from parley.workers.settings import Settings
 
 log = logging.getLogger("parley.worker")
 
 #: Seconds a probe may take to connect, and then to get its reply.
 PROBE_TIMEOUT = 2.0
-#: URL schemes of a Redis (a broker may be anything kombu supports).
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 class RedisRefused(Exception):
