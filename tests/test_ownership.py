@@ -174,6 +174,11 @@ def test_a_long_handler_keeps_its_lease_and_the_hand_over_waits_for_it(
         pipeline.publish(user, "1 block")
         pipeline.wait_blocked()
         pipeline.start_worker("tests.apps:recording", "auto", "second")
+        first = pipeline.workers[0]
+        wait_for(  # the hand-over has begun: "2" will wait on the queue for the heir
+            lambda: f"partition {moving}: stopped consuming" in first.log(),
+            what="the first node to stop consuming the moving partition",
+        )
         pipeline.publish(user, "2")
         # the handler runs for 3 lease lifetimes: the lease is renewed beside it and the
         # partition stays with the node running it
