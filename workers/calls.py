@@ -77,29 +77,32 @@ class Calls:
         backoff_max: float = 10.0,
         stopping: asyncio.Event | None = None,
         fence: Callable[[], None] | None = None,
+        retryable: Callable[[BaseException], bool] = retry_safe,
         subject: str = "",
     ) -> None:
         """``fence`` runs before every call and raises (``LeaseLost``) when the call
-        must not happen at all."""
+        must not happen at all; ``retryable`` tells a failure worth retrying (by
+        default: one whose error says ``retry_safe``)."""
         self.deadline = deadline
         self.backoff = backoff
         self.backoff_max = backoff_max
         self.stopping = stopping
         self.fence = fence
+        self.retryable = retryable
         #: what the log lines name: the envelope's ids (never message text)
         self.subject = subject
         self.failing_since: float | None = None
         self.retries = 0
 
     async def call(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
-        """``await op()``, retried while it fails ``retry_safe`` and time is left."""
+        """``await op()``, retried while it fails ``retryable`` and time is left."""
         while True:
             if self.fence is not None:
                 self.fence()
             try:
                 return await op()
             except Exception as exc:
-                if not retry_safe(exc):
+                if not self.retryable(exc):
                     raise
                 await self._wait_before_retry(what, exc)
 

@@ -193,11 +193,9 @@ class Runtime:
         left in flight for the partition's next owner; the rest of its lane with it."""
         self.loop.call_soon_threadsafe(self.stopping.set)
 
-    def _calls(
-        self, envelope: Envelope, partition: int | None = None, *, deadline: float | None = None
-    ) -> Calls:
-        """The policy of one envelope's calls; with ``partition``, each call is fenced by
-        the node's hold on that partition's lease."""
+    def _calls(self, envelope: Envelope, partition: int | None = None) -> Calls:
+        """The policy of one envelope's handler calls; with ``partition`` (and
+        ``--partitions auto``), each call is fenced by the node's hold on its lease."""
         holds = self.holds
 
         def fence() -> None:
@@ -208,7 +206,7 @@ class Runtime:
                 )
 
         return Calls(
-            deadline=self.settings.transient_deadline if deadline is None else deadline,
+            deadline=self.settings.transient_deadline,
             backoff=self.settings.retry_backoff,
             backoff_max=self.settings.retry_backoff_max,
             stopping=self.stopping,
@@ -217,11 +215,17 @@ class Runtime:
         )
 
     async def _bookkeeping(self, what: str, envelope: Envelope, op: Any) -> Any:
-        """The pipeline's own writes: retried until the pipeline DB answers (each is
-        safe to repeat), or until the worker stops."""
-        return await self._calls(envelope, deadline=math.inf).call(
-            f"{what} in the pipeline DB", lambda: _retry_safe(op)
+        """The pipeline's own writes: retried on any Redis error (each is safe to
+        repeat) until the pipeline DB answers, or until the worker stops."""
+        calls = Calls(
+            deadline=math.inf,
+            backoff=self.settings.retry_backoff,
+            backoff_max=self.settings.retry_backoff_max,
+            stopping=self.stopping,
+            retryable=lambda exc: isinstance(exc, RedisError),
+            subject=task_repr(envelope),
         )
+        return await calls.call(f"{what} in the pipeline DB", op)
 
     async def process(self, raw: dict[str, Any]) -> str:
         """Handle one envelope: ``done``, ``duplicate``, ``dead``, ``not owner`` or
@@ -282,7 +286,7 @@ class Runtime:
         except Exception as exc:  # a bug, bad data, a timeout or an outage past its deadline
             if calls.fence is not None:
                 calls.fence()  # froze past the lease (the "timeout" was the freeze): abandon
-            error = exc
+            error, reason = exc, failure_reason(exc)
             failed_at = time.time()
             entry = await self._bookkeeping(
                 "dead-letter",
@@ -294,14 +298,14 @@ class Runtime:
                     type(self.app.handler).__qualname__,
                     1,
                     failed_at,
-                    failure_reason(error),
+                    reason,
                 ),
             )
             log.error(
                 "dead-lettered %s as %s (%s): %s: %s",
                 task_repr(envelope),
                 entry,
-                failure_reason(error),
+                reason,
                 type(exc).__name__,
                 exc,
             )
@@ -340,16 +344,3 @@ class Runtime:
 
         await asyncio.gather(*(finish(records) for records in lanes.values()))
         return sum(len(records) for records in lanes.values())
-
-
-async def _retry_safe(op: Any) -> Any:
-    """Run a pipeline bookkeeping call; its Redis errors may be retried (see
-    ``_bookkeeping``)."""
-    try:
-        return await op()
-    except RedisError as exc:
-        raise PipelineUnavailable(f"pipeline DB unavailable: {exc}") from exc
-
-
-class PipelineUnavailable(RedisError):
-    retry_safe = True
