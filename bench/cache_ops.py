@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import statistics
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
+import orjson
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
@@ -40,6 +42,21 @@ MIN_APPEND = (
     "local n = c and (string.sub(c, 1, -2) .. ',' .. ARGV[2] .. ']') or ('[' .. ARGV[2] .. ']') "
     "return redis.call('HSET', KEYS[1], ARGV[1], n)"
 )
+
+
+#: the conditional writes' floors: the same work with no TTL rules, no type-aware
+#: comparison (one field, compared as text) and no result decoding
+MIN_CREATE = (
+    "if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HGETALL', KEYS[1]) end "
+    "return redis.call('HSET', KEYS[1], unpack(ARGV))"
+)
+MIN_REPLACE = (
+    "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end "
+    "if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then "
+    "return redis.call('HGETALL', KEYS[1]) end "
+    "redis.call('DEL', KEYS[1]) return redis.call('HSET', KEYS[1], unpack(ARGV, 3))"
+)
+BOOKING = {"holder": "ana", "party": 2, "slot": "2025-01-15T20:00", "note": None}
 
 
 async def measure(project: Op, floor: Op, iterations: int) -> tuple[float, float]:
@@ -69,12 +86,18 @@ async def main(iterations: int) -> None:
         min_set = raw.register_script(MIN_SET)
         min_append = raw.register_script(MIN_APPEND)
         profile = Profile(name="Sarah", tags=["vip"], last_seen=datetime.now(UTC))
-        profile_fields = {
-            k: __import__("orjson").dumps(v) for k, v in profile.model_dump(mode="json").items()
-        }
+        profile_fields = {k: orjson.dumps(v) for k, v in profile.model_dump(mode="json").items()}
         flat = [x for kv in profile_fields.items() for x in kv]
         await users.set("profile", profile)
         await raw.hset("raw:profile", mapping=profile_fields)
+        min_create = raw.register_script(MIN_CREATE)
+        min_replace = raw.register_script(MIN_REPLACE)
+        booking_flat = [x for k, v in BOOKING.items() for x in (k, orjson.dumps(v))]
+        holder = orjson.dumps(BOOKING["holder"])
+        fresh = itertools.count()
+        fresh_raw = itertools.count()
+        await table.set("bookings", "taken", BOOKING)
+        await raw.hset("raw:taken", mapping={k: orjson.dumps(v) for k, v in BOOKING.items()})
 
         cases: list[tuple[str, Op, Op]] = [
             (
@@ -107,10 +130,41 @@ async def main(iterations: int) -> None:
                 lambda: table.append_to_list("stats", "items", 1),
                 lambda: min_append(keys=["raw:list"], args=["items", "1"]),
             ),
+            (
+                "create (new)",
+                lambda: table.create_if_absent("bookings", f"n{next(fresh)}", BOOKING),
+                lambda: min_create(keys=[f"raw:n{next(fresh_raw)}"], args=booking_flat),
+            ),
+            (
+                "create (taken)",
+                lambda: table.create_if_absent("bookings", "taken", BOOKING),
+                lambda: min_create(keys=["raw:taken"], args=booking_flat),
+            ),
+            (
+                "replace_if (met)",
+                lambda: table.replace_if("bookings", "taken", BOOKING, {"holder": "ana"}),
+                lambda: min_replace(keys=["raw:taken"], args=["holder", holder, *booking_flat]),
+            ),
+            (
+                "replace_if (not)",
+                lambda: table.replace_if("bookings", "taken", BOOKING, {"holder": "bob"}),
+                lambda: min_replace(keys=["raw:taken"], args=["holder", b'"bob"', *booking_flat]),
+            ),
         ]
         print(f"Redis cache ops, median of {iterations} calls each (µs), one client, loopback")
         print(f"{'operation':<18}{'parley':>10}{'floor':>10}{'ratio':>8}  floor is")
-        floors = ["HGETALL", "EVALSHA DEL+HSET", "HGET", "HSET", "HINCRBY", "EVALSHA HGET+HSET"]
+        floors = [
+            "HGETALL",
+            "EVALSHA DEL+HSET",
+            "HGET",
+            "HSET",
+            "HINCRBY",
+            "EVALSHA HGET+HSET",
+            "EVALSHA EXISTS+HSET",
+            "EVALSHA EXISTS+HGETALL",
+            "EVALSHA HGET+DEL+HSET",
+            "EVALSHA HGET+HGETALL",
+        ]
         ratios = []
         for (name, project, floor), floor_name in zip(cases, floors, strict=True):
             ours, theirs = await measure(project, floor, iterations)

@@ -14,6 +14,7 @@ from parley.cache.errors import (
 from parley.cache.factory import CacheFactory
 from parley.cache.interface import ICache
 from parley.cache.keys import KeyFactory
+from parley.cache.results import WriteOutcome, WriteResult
 from parley.cache.settings import CacheSettings
 
 __all__ = [
@@ -30,6 +31,8 @@ __all__ = [
     "StateCache",
     "TableCache",
     "UserCache",
+    "WriteOutcome",
+    "WriteResult",
     "create_cache_factory",
 ]
 

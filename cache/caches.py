@@ -7,6 +7,7 @@ over whichever ``Store`` the factory chose.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, TypeVar, overload
 
 from pydantic import BaseModel
@@ -19,12 +20,14 @@ from parley.cache.codec import (
     decode_document,
     decode_value,
     encode_document,
+    encode_expected,
     encode_value,
     to_model,
 )
 from parley.cache.errors import CacheArgumentTypeError
 from parley.cache.interface import ICache
 from parley.cache.keys import KeyFactory
+from parley.cache.results import WriteOutcome, WriteResult
 from parley.cache.store import Store
 
 M = TypeVar("M", bound=BaseModel)
@@ -87,6 +90,36 @@ class DocumentCache(ICache):
             raise CacheArgumentTypeError(f"ttl for {doc!r} is required")
         return await self._store.set_ttl(doc, check_ttl(ttl, doc))  # type: ignore[arg-type]
 
+    async def _create_if_absent(
+        self, doc: str, data: Any, ttl: int | None, models: type[M] | None
+    ) -> WriteResult[Any]:
+        check_model(doc, models)
+        fields = encode_document(doc, data)
+        outcome, current = await self._store.create_if_absent(
+            doc, fields, check_ttl(ttl, doc), self.default_ttl
+        )
+        return self._result(doc, outcome, current, models)
+
+    async def _replace_if(
+        self, doc: str, data: Any, expected: Any, ttl: int | None, models: type[M] | None
+    ) -> WriteResult[Any]:
+        check_model(doc, models)
+        fields = encode_document(doc, data)
+        condition = encode_expected(doc, expected)
+        outcome, current = await self._store.replace_if(doc, fields, condition, check_ttl(ttl, doc))
+        return self._result(doc, outcome, current, models)
+
+    @staticmethod
+    def _result(
+        doc: str, outcome: WriteOutcome, fields: Mapping[str, bytes] | None, models: type[M] | None
+    ) -> WriteResult[Any]:
+        if fields is None:
+            return WriteResult(outcome, None, doc)
+        document = decode_document(fields)
+        return WriteResult(
+            outcome, document if models is None else to_model(doc, document, models), doc
+        )
+
     # -- the public API on the caller's key ----------------------------------------------
 
     @overload
@@ -126,6 +159,27 @@ class DocumentCache(ICache):
 
     async def set_ttl(self, key: str, ttl: int) -> bool:
         return await self._set_ttl(self._address(key), ttl)
+
+    async def create_if_absent(
+        self,
+        key: str,
+        data: dict[str, Any] | BaseModel,
+        ttl: int | None = None,
+        *,
+        models: type[M] | None = None,
+    ) -> WriteResult[Any]:
+        return await self._create_if_absent(self._address(key), data, ttl, models)
+
+    async def replace_if(
+        self,
+        key: str,
+        data: dict[str, Any] | BaseModel,
+        expected: dict[str, Any],
+        ttl: int | None = None,
+        *,
+        models: type[M] | None = None,
+    ) -> WriteResult[Any]:
+        return await self._replace_if(self._address(key), data, expected, ttl, models)
 
 
 class UserScopedCache(DocumentCache):
@@ -256,3 +310,98 @@ class TableCache(DocumentCache):
         if ttl is _UNSET:
             return await self._set_ttl(self._row(table, None), pk_or_ttl)
         return await self._set_ttl(self._row(table, pk_or_ttl), ttl)
+
+    # -- conditional writes: (table, pk, data, ...) or the one-key form (key, data, ...) --
+
+    def _one_key(self, pk: Any) -> bool:
+        """The one-key form puts the data where the pk goes; a pk of any other type
+        (an int, say) is a two-key call, and the key check names it."""
+        return isinstance(pk, Mapping | BaseModel)
+
+    @overload  # type: ignore[override]
+    async def create_if_absent(
+        self,
+        table: str,
+        pk: Any,
+        data: Any = ...,
+        ttl: int | None = None,
+        *,
+        models: None = None,
+    ) -> WriteResult[dict[str, Any]]: ...
+    @overload
+    async def create_if_absent(
+        self, table: str, pk: Any, data: Any = ..., ttl: int | None = None, *, models: type[M]
+    ) -> WriteResult[M]: ...
+    async def create_if_absent(
+        self,
+        table: str,
+        pk: Any,
+        data: Any = _UNSET,
+        ttl: int | None = None,
+        *,
+        models: type[M] | None = None,
+    ) -> WriteResult[Any]:
+        """``create_if_absent("bookings", "slot-10", data)``, or in the one-key form
+        ``create_if_absent("bookings:slot-10", data, ttl=...)``."""
+        if self._one_key(pk):
+            doc = self._row(table, None)
+            if data is not _UNSET:
+                raise CacheArgumentTypeError(
+                    f"create_if_absent({table!r}, data, ...): pass ttl= by keyword"
+                )
+            return await self._create_if_absent(doc, pk, ttl, models)
+        doc = self._row(table, pk)
+        if data is _UNSET:
+            raise CacheArgumentTypeError(f"create_if_absent on {doc!r} needs the data to write")
+        return await self._create_if_absent(doc, data, ttl, models)
+
+    @overload  # type: ignore[override]
+    async def replace_if(
+        self,
+        table: str,
+        pk: Any,
+        data: Any = ...,
+        expected: Any = ...,
+        ttl: int | None = None,
+        *,
+        models: None = None,
+    ) -> WriteResult[dict[str, Any]]: ...
+    @overload
+    async def replace_if(
+        self,
+        table: str,
+        pk: Any,
+        data: Any = ...,
+        expected: Any = ...,
+        ttl: int | None = None,
+        *,
+        models: type[M],
+    ) -> WriteResult[M]: ...
+    async def replace_if(
+        self,
+        table: str,
+        pk: Any,
+        data: Any = _UNSET,
+        expected: Any = _UNSET,
+        ttl: int | None = None,
+        *,
+        models: type[M] | None = None,
+    ) -> WriteResult[Any]:
+        """``replace_if("bookings", "slot-10", data, {"holder": None})``, or in the
+        one-key form ``replace_if("bookings:slot-10", data, {"holder": None}, ttl=...)``."""
+        if self._one_key(pk):
+            doc = self._row(table, None)
+            if data is not _UNSET and expected is not _UNSET:
+                raise CacheArgumentTypeError(
+                    f"replace_if({table!r}, data, expected, ...): pass ttl= by keyword"
+                )
+            condition = expected if data is _UNSET else data
+            if condition is _UNSET:
+                raise CacheArgumentTypeError(f"replace_if on {doc!r} needs expected={{...}}")
+            return await self._replace_if(doc, pk, condition, ttl, models)
+        doc = self._row(table, pk)
+        if data is _UNSET or expected is _UNSET:
+            raise CacheArgumentTypeError(
+                f"replace_if on {doc!r} needs the data to write and expected={{...}}"
+            )
+        return await self._replace_if(doc, data, expected, ttl, models)

@@ -72,6 +72,48 @@ def encode_document(key: str, data: Any) -> Fields:
     return {check_field(key, field): encode_value(key, field, v) for field, v in data.items()}
 
 
+def encode_expected(key: str, expected: Any) -> Fields:
+    """``replace_if``'s condition → ``{field: JSON text}``, encoded exactly as a write
+    would encode the values, so a value read back from the cache always matches."""
+    if not isinstance(expected, Mapping):
+        raise CacheArgumentTypeError(
+            f"expected for {key!r} must be a dict of field: value, got {type(expected).__name__}"
+        )
+    return {
+        check_field(key, field): encode_value(key, field, value)
+        for field, value in expected.items()
+    }
+
+
+def json_equal(stored: bytes, expected: bytes) -> bool:
+    """Whether two fields' JSON texts hold the same JSON value, types kept: ``1``,
+    ``1.0``, ``True`` and ``"1"`` all differ; object key order does not matter; floats
+    compare as doubles (``0.1`` written by ``increment_field`` on Redis as
+    ``0.10000000000000001`` is still ``0.1``). The Python twin of ``json_equal`` in
+    ``replace_if.lua``; equal texts (the usual case) short-cut the decoding."""
+    return stored == expected or _same(orjson.loads(stored), orjson.loads(expected))
+
+
+def _same(a: Any, b: Any) -> bool:
+    if type(a) is not type(b):  # bool is not int, int is not float
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(v, b[k]) for k, v in a.items())
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def fields_match(stored: Mapping[str, bytes], expected: Fields) -> bool:
+    """Whether every expected field is present and ``json_equal`` to its value (a
+    missing field matches nothing, not even ``None``)."""
+    for field, text in expected.items():
+        current = stored.get(field)
+        if current is None or not json_equal(current, text):
+            return False
+    return True
+
+
 def decode_value(raw: bytes | None) -> Any:
     return None if raw is None else orjson.loads(raw)
 

@@ -7,6 +7,8 @@ from typing import Any, TypeVar, overload
 
 from pydantic import BaseModel
 
+from parley.cache.results import WriteResult
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -64,6 +66,65 @@ class ICache(ABC):
     @abstractmethod
     async def set_ttl(self, key: str, ttl: int) -> bool:
         """``False`` when the document is missing."""
+
+    @overload
+    async def create_if_absent(
+        self,
+        key: str,
+        data: dict[str, Any] | BaseModel,
+        ttl: int | None = None,
+        *,
+        models: None = None,
+    ) -> WriteResult[dict[str, Any]]: ...
+    @overload
+    async def create_if_absent(
+        self, key: str, data: dict[str, Any] | BaseModel, ttl: int | None = None, *, models: type[M]
+    ) -> WriteResult[M]: ...
+    @abstractmethod
+    async def create_if_absent(
+        self,
+        key: str,
+        data: dict[str, Any] | BaseModel,
+        ttl: int | None = None,
+        *,
+        models: type[M] | None = None,
+    ) -> WriteResult[dict[str, Any]] | WriteResult[M]:
+        """Write the document only if none exists, atomically: ``CREATED``, or
+        ``ALREADY_EXISTS`` with the document that is there (as ``models`` if given)."""
+
+    @overload
+    async def replace_if(
+        self,
+        key: str,
+        data: dict[str, Any] | BaseModel,
+        expected: dict[str, Any],
+        ttl: int | None = None,
+        *,
+        models: None = None,
+    ) -> WriteResult[dict[str, Any]]: ...
+    @overload
+    async def replace_if(
+        self,
+        key: str,
+        data: dict[str, Any] | BaseModel,
+        expected: dict[str, Any],
+        ttl: int | None = None,
+        *,
+        models: type[M],
+    ) -> WriteResult[M]: ...
+    @abstractmethod
+    async def replace_if(
+        self,
+        key: str,
+        data: dict[str, Any] | BaseModel,
+        expected: dict[str, Any],
+        ttl: int | None = None,
+        *,
+        models: type[M] | None = None,
+    ) -> WriteResult[dict[str, Any]] | WriteResult[M]:
+        """Replace the whole document only if each field of ``expected`` holds that
+        value (JSON equality, types kept), atomically: ``REPLACED``, ``MISSING``, or
+        ``CONDITION_NOT_MET`` with the document that is there."""
 
     @staticmethod
     def create_table_key(table: str, pk: str) -> str:

@@ -31,6 +31,7 @@ from parley.cache.codec import Fields
 from parley.cache.errors import CacheArgumentError, CacheTypeError, CacheUnavailableError
 from parley.cache.factory import CacheFactory
 from parley.cache.lua import evalsha, lua
+from parley.cache.results import WriteOutcome
 from parley.cache.settings import CacheKind, CacheSettings
 
 T = TypeVar("T")
@@ -38,10 +39,19 @@ MARKER = b"\x00"  # the field that keeps an empty document in existence (see _tt
 
 
 #: The read-modify-write scripts, each after the shared TTL rules (``_ttl.lua``)
-SCRIPTS = ("set", "set_field", "increment_field", "append_to_list")
+SCRIPTS = (
+    "set",
+    "set_field",
+    "increment_field",
+    "append_to_list",
+    "create_if_absent",
+    "replace_if",
+)
 #: The operations that must not run twice: a retry after a lost reply would apply them
-#: again (every other operation is a read or writes the same thing twice)
-NOT_IDEMPOTENT = frozenset({"increment_field", "append_to_list"})
+#: again, or (the conditional writes) would find their own write and report it as
+#: someone else's: ALREADY_EXISTS / CONDITION_NOT_MET. Every other operation is a read
+#: or writes the same thing twice.
+NOT_IDEMPOTENT = frozenset({"increment_field", "append_to_list", "create_if_absent", "replace_if"})
 
 
 class NotSentError(RedisConnectionError):
@@ -105,6 +115,18 @@ def redact(url: str) -> str:
 
 def _ttl_arg(ttl: int | None) -> str | int:
     return "" if ttl is None else ttl
+
+
+def _flat(fields: Fields) -> list[object]:
+    flat: list[object] = []
+    for field, text in fields.items():
+        flat += (field, text)
+    return flat
+
+
+def _hash_fields(reply: list[bytes]) -> Fields:
+    """An HGETALL reply returned by a script (a flat list), without the marker."""
+    return {reply[i].decode(): reply[i + 1] for i in range(0, len(reply), 2) if reply[i] != MARKER}
 
 
 class RedisStore:
@@ -222,10 +244,27 @@ class RedisStore:
         return {field.decode(): value for field, value in raw.items() if field != MARKER}
 
     async def set(self, key: str, fields: Fields, ttl: int | None, default_ttl: int | None) -> None:
-        flat: list[object] = []
-        for field, text in fields.items():
-            flat += (field, text)
-        await self._script("set", key, None, _ttl_arg(ttl), _ttl_arg(default_ttl), *flat)
+        await self._script("set", key, None, _ttl_arg(ttl), _ttl_arg(default_ttl), *_flat(fields))
+
+    async def create_if_absent(
+        self, key: str, fields: Fields, ttl: int | None, default_ttl: int | None
+    ) -> tuple[WriteOutcome, Fields | None]:
+        reply = await self._script(
+            "create_if_absent", key, None, _ttl_arg(ttl), _ttl_arg(default_ttl), *_flat(fields)
+        )
+        if isinstance(reply, list):
+            return WriteOutcome.ALREADY_EXISTS, _hash_fields(reply)
+        return WriteOutcome.CREATED, None
+
+    async def replace_if(
+        self, key: str, fields: Fields, expected: Fields, ttl: int | None
+    ) -> tuple[WriteOutcome, Fields | None]:
+        reply = await self._script(
+            "replace_if", key, None, _ttl_arg(ttl), len(expected), *_flat(expected), *_flat(fields)
+        )
+        if isinstance(reply, list):
+            return WriteOutcome.CONDITION_NOT_MET, _hash_fields(reply)
+        return (WriteOutcome.REPLACED if reply == 1 else WriteOutcome.MISSING), None
 
     async def delete(self, key: str) -> bool:
         return bool(await self._call(key, None, lambda client: client.delete(key)))

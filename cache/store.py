@@ -15,7 +15,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from parley.cache.codec import Fields, appended, incremented, ttl_seconds
+from parley.cache.codec import Fields, appended, fields_match, incremented, ttl_seconds
+from parley.cache.results import WriteOutcome
 
 T = TypeVar("T")
 
@@ -42,6 +43,18 @@ class Store(Protocol):
     ) -> None: ...
     async def get_ttl(self, key: str) -> int: ...
     async def set_ttl(self, key: str, ttl: int) -> bool: ...
+    async def create_if_absent(
+        self, key: str, fields: Fields, ttl: int | None, default_ttl: int | None
+    ) -> tuple[WriteOutcome, Fields | None]:
+        """CREATED, or ALREADY_EXISTS with the document's fields (left unchanged)."""
+        ...
+
+    async def replace_if(
+        self, key: str, fields: Fields, expected: Fields, ttl: int | None
+    ) -> tuple[WriteOutcome, Fields | None]:
+        """REPLACED (expiry kept unless ``ttl``), MISSING, or CONDITION_NOT_MET with the
+        document's fields (left unchanged); ``expected`` compares by ``json_equal``."""
+        ...
 
 
 @dataclass(slots=True)
@@ -161,3 +174,25 @@ class LocalStore(ABC):
             document.expires_at = self._now() + ttl
             self._write(key, document)
             return True
+
+    async def create_if_absent(
+        self, key: str, fields: Fields, ttl: int | None, default_ttl: int | None
+    ) -> tuple[WriteOutcome, Fields | None]:
+        with self._locked(key):
+            current = self._live(key)
+            if current is not None:
+                return WriteOutcome.ALREADY_EXISTS, dict(current.fields)
+            self._write(key, StoredDocument(dict(fields), self._expiry(None, ttl, default_ttl)))
+            return WriteOutcome.CREATED, None
+
+    async def replace_if(
+        self, key: str, fields: Fields, expected: Fields, ttl: int | None
+    ) -> tuple[WriteOutcome, Fields | None]:
+        with self._locked(key):
+            current = self._live(key)
+            if current is None:
+                return WriteOutcome.MISSING, None
+            if not fields_match(current.fields, expected):
+                return WriteOutcome.CONDITION_NOT_MET, dict(current.fields)
+            self._write(key, StoredDocument(dict(fields), self._expiry(current, ttl, None)))
+            return WriteOutcome.REPLACED, None

@@ -16,6 +16,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from parley.cache.results import WriteOutcome, WriteResult
     from parley.workers.builder import ParleyApp, WappaBuilder
     from parley.workers.handler import WappaEventHandler
     from parley.workers.webhook import Webhook
@@ -27,8 +28,17 @@ _PUBLIC = {
     "WappaBuilder": "parley.workers.builder",
     "WappaEventHandler": "parley.workers.handler",
     "Webhook": "parley.workers.webhook",
+    "WriteOutcome": "parley.cache.results",
+    "WriteResult": "parley.cache.results",
 }
-__all__ = ["ParleyApp", "WappaBuilder", "WappaEventHandler", "Webhook"]
+__all__ = [
+    "ParleyApp",
+    "WappaBuilder",
+    "WappaEventHandler",
+    "Webhook",
+    "WriteOutcome",
+    "WriteResult",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -21,6 +21,8 @@ from parley.cache import (
     CacheValidationError,
     ICache,
     KeyFactory,
+    WriteOutcome,
+    WriteResult,
     create_cache_factory,
 )
 from parley.cache.redis import close_pools
@@ -306,6 +308,18 @@ def bad_calls(state: ICache) -> list[tuple[type[Exception], Coroutine[Any, Any, 
         (CacheArgumentError, state.increment_field("doc", "a", float("nan"))),
         (CacheArgumentTypeError, state.get("doc", models=dict)),
         (CacheArgumentTypeError, state.get(None)),
+        (CacheArgumentTypeError, state.create_if_absent("doc", ["a", 1])),
+        (CacheArgumentTypeError, state.create_if_absent("doc", {"a": object()})),
+        (CacheArgumentError, state.create_if_absent("doc", {"a\x00": 1})),
+        (CacheArgumentError, state.create_if_absent("doc", {"a": 1}, ttl=0)),
+        (CacheArgumentTypeError, state.create_if_absent("doc", {"a": 1}, models=dict)),
+        (CacheArgumentTypeError, state.replace_if("doc", {"a": 2}, ["a"])),  # type: ignore[arg-type]
+        (CacheArgumentTypeError, state.replace_if("doc", {"a": 2}, None)),  # type: ignore[arg-type]
+        (CacheArgumentError, state.replace_if("doc", {"a": 2}, {"a\x00": 1})),
+        (CacheArgumentTypeError, state.replace_if("doc", {"a": 2}, {"a": object()})),
+        (CacheArgumentTypeError, state.replace_if("doc", "text", {"a": 1})),  # type: ignore[arg-type]
+        (CacheArgumentTypeError, state.replace_if("doc", {"a": 2}, {"a": 1}, ttl="9")),  # type: ignore[arg-type]
+        (CacheArgumentError, state.replace_if("", {"a": 2}, {"a": 1})),
     ]
 
 
@@ -346,6 +360,261 @@ async def test_factory_needs_ids(factory: type[CacheFactory]) -> None:
     with pytest.raises(CacheArgumentError):
         factory(tenant_id="t").create_state_cache()
     factory(tenant_id="t").create_table_cache()  # tenant-wide: no user needed
+
+
+# -- conditional writes -------------------------------------------------------------------
+
+
+class Booking(BaseModel):
+    holder: str | None = None
+    party: int = 2
+
+
+async def test_create_if_absent(table: ICache) -> None:
+    first = await table.create_if_absent("slots", "10", {"holder": "ana", "party": 2})
+    assert first.outcome is WriteOutcome.CREATED and first.applied and bool(first) is True
+    assert first.current is None and first.key == "hotel123:df:slots:pkid:10"
+    second = await table.create_if_absent("slots", "10", {"holder": "bob"})
+    assert second.outcome is WriteOutcome.ALREADY_EXISTS and not second
+    assert second.current == {"holder": "ana", "party": 2}
+    assert await table.get("slots", "10") == {"holder": "ana", "party": 2}
+    # an empty document exists too; the one-key form addresses the same row
+    assert await table.create_if_absent("slots", "11", {})
+    taken = await table.create_if_absent(ICache.create_table_key("slots", "11"), {"x": 1})
+    assert taken.outcome is WriteOutcome.ALREADY_EXISTS and taken.current == {}
+    assert (await table.create_if_absent("slots:12", {"holder": "cy"})).applied
+    assert await table.get("slots", "12") == {"holder": "cy"}
+    # after a delete, the row can be created again
+    assert await table.delete("slots", "10") is True
+    assert (await table.create_if_absent("slots", "10", {"holder": "bob"})).applied
+
+
+async def test_replace_if(table: ICache) -> None:
+    missing = await table.replace_if("slots", "10", {"holder": "ana"}, {"holder": None})
+    assert missing.outcome is WriteOutcome.MISSING and not missing and missing.current is None
+    assert await table.exists("slots", "10") is False  # never creates
+    await table.set("slots", "10", {"holder": None, "party": 2, "note": "window"})
+    done = await table.replace_if("slots", "10", {"holder": "ana", "party": 4}, {"holder": None})
+    assert done.outcome is WriteOutcome.REPLACED and done and done.current is None
+    # the whole document is replaced: no stale field survives, like set
+    assert await table.get("slots", "10") == {"holder": "ana", "party": 4}
+    lost = await table.replace_if("slots", "10", {"holder": "bob"}, {"holder": None})
+    assert lost.outcome is WriteOutcome.CONDITION_NOT_MET and not lost
+    assert lost.current == {"holder": "ana", "party": 4}
+    # every expected field must match; a missing field matches nothing, not even None
+    partly = await table.replace_if("slots", "10", {}, {"holder": "ana", "party": 2})
+    assert partly.outcome is WriteOutcome.CONDITION_NOT_MET
+    absent = await table.replace_if("slots", "10", {}, {"note": None})
+    assert absent.outcome is WriteOutcome.CONDITION_NOT_MET
+    both = await table.replace_if("slots", "10", {"holder": "bob"}, {"holder": "ana", "party": 4})
+    assert both.outcome is WriteOutcome.REPLACED
+    # expected={} means "replace if the row exists"
+    assert (await table.replace_if("slots", "10", {"v": 1}, {})).applied
+    assert (await table.replace_if("slots", "99", {"v": 1}, {})).outcome is WriteOutcome.MISSING
+    # the one-key form, positional or with expected= by keyword
+    key = ICache.create_table_key("slots", "10")
+    assert (await table.replace_if(key, {"v": 2}, {"v": 1})).applied
+    assert (await table.replace_if(key, {"v": 3}, expected={"v": 2})).applied
+    assert await table.get(key) == {"v": 3}
+
+
+#: (stored, expected): different JSON values, one pair per way to confuse them
+DIFFERENT = [
+    (1, True),
+    (True, 1),
+    (1, "1"),
+    ("1", 1),
+    (1, 1.0),
+    (1.0, 1),
+    (0, False),
+    (0, None),
+    ("", None),
+    (None, False),
+    ("042", 42),
+    ([], {}),
+    ([1, 2], [2, 1]),
+    ([1], [1.0]),
+    ([1], [True]),
+    ({"a": 1}, {"a": True}),
+    ({"a": 1}, {"a": 1, "b": None}),
+    ({"a": {"b": 1}}, {"a": {"b": 1.0}}),
+    (2**62 + 1, 2**62),  # beyond a double's exact integers
+    ([2**62 + 1], [2**62]),
+    ("pizza", "Pizza"),
+    ("café", "cafe"),
+]
+
+#: (stored, expected): the same JSON value
+SAME = [
+    (None, None),
+    (False, False),
+    (0, 0),
+    (-3, -3),
+    (2**62 + 1, 2**62 + 1),
+    (1.5, 1.5),
+    (0.0, -0.0),
+    ("", ""),
+    ('¡Hola! 🍕 "x" \n', '¡Hola! 🍕 "x" \n'),
+    ([], []),
+    ({}, {}),
+    ({"a": 1, "b": [1, {"c": None}]}, {"b": [1, {"c": None}], "a": 1}),  # key order
+    ([{"x": 1.25, "y": "2"}, [True]], [{"y": "2", "x": 1.25}, [True]]),
+]
+
+
+@pytest.mark.parametrize(("stored", "expected"), DIFFERENT)
+async def test_replace_if_keeps_json_types(table: ICache, stored: Any, expected: Any) -> None:
+    await table.set("t", "pk", {"v": stored})
+    result = await table.replace_if("t", "pk", {"v": "new"}, {"v": expected})
+    assert result.outcome is WriteOutcome.CONDITION_NOT_MET
+    assert result.current == {"v": stored}
+    assert [type(v) for v in result.current.values()] == [type(stored)]
+    assert await table.get("t", "pk") == {"v": stored}
+
+
+@pytest.mark.parametrize(("stored", "expected"), SAME)
+async def test_replace_if_matches_equal_json(table: ICache, stored: Any, expected: Any) -> None:
+    await table.set("t", "pk", {"v": stored})
+    assert (await table.replace_if("t", "pk", {"v": "new"}, {"v": expected})).applied
+    assert await table.get("t", "pk") == {"v": "new"}
+
+
+async def test_replace_if_matches_what_other_operations_wrote(table: ICache) -> None:
+    """A value read back always matches, whichever operation wrote it: a float sum
+    (stored by Redis's script with 17 digits: 0.1 as 0.10000000000000001), a list built
+    by appends, a model's dump."""
+    await table.increment_field("t", "pk", "f", 0.1)
+    await table.increment_field("t", "pk", "sum", 0.1)
+    await table.increment_field("t", "pk", "sum", 0.2)
+    await table.increment_field("t", "pk", "n", 2**62)
+    await table.increment_field("t", "pk", "n", 1)
+    await table.append_to_list("t", "pk", "items", {"b": 1, "a": [1.5]})
+    await table.append_to_list("t", "pk", "items", "x")
+    await table.set_field("t", "pk", "booking", Booking(holder="ana"))
+    read = await table.get("t", "pk")
+    assert read is not None
+    assert read["f"] == 0.1 and read["sum"] == 0.1 + 0.2 and read["n"] == 2**62 + 1
+    assert (await table.replace_if("t", "pk", {"done": True}, read)).applied
+    await table.set("t", "pk", {"booking": {"party": 2, "holder": "ana"}})
+    assert (await table.replace_if("t", "pk", {}, {"booking": Booking(holder="ana")})).applied
+
+
+async def test_conditional_writes_ttl_rules(table: ICache) -> None:
+    # create: ttl=None applies the default (none here); a ttl applies it
+    await table.create_if_absent("t", "a", {"x": 1})
+    assert await table.get_ttl("t", "a") == -1
+    await table.create_if_absent("t", "b", {"x": 1}, ttl=100)
+    assert 99 <= await table.get_ttl("t", "b") <= 100
+    # a create that did not apply leaves the row's expiry alone
+    await table.create_if_absent("t", "b", {"x": 2}, ttl=500)
+    assert 99 <= await table.get_ttl("t", "b") <= 100
+    # replace: ttl=None keeps the current expiry (none stays none), a ttl sets it
+    assert (await table.replace_if("t", "b", {"x": 2}, {"x": 1})).applied
+    assert 98 <= await table.get_ttl("t", "b") <= 100
+    assert (await table.replace_if("t", "a", {"x": 2}, {"x": 1})).applied
+    assert await table.get_ttl("t", "a") == -1
+    assert (await table.replace_if("t", "a", {"x": 3}, {"x": 2}, ttl=300)).applied
+    assert 299 <= await table.get_ttl("t", "a") <= 300
+    # a replace whose condition failed leaves the expiry alone
+    assert not await table.replace_if("t", "a", {"x": 4}, {"x": 0}, ttl=10)
+    assert 298 <= await table.get_ttl("t", "a") <= 300
+
+
+async def test_conditional_writes_on_expired_rows(table: ICache) -> None:
+    await table.set("t", "a", {"x": 1}, ttl=1)
+    await table.set("t", "b", {"x": 1}, ttl=1)
+    await wait_until_missing(table, ICache.create_table_key("t", "a"))
+    await wait_until_missing(table, ICache.create_table_key("t", "b"))
+    # an expired row is no row: replace finds it MISSING, create creates it (no expiry)
+    assert (await table.replace_if("t", "a", {"x": 2}, {"x": 1})).outcome is WriteOutcome.MISSING
+    assert await table.exists("t", "a") is False
+    assert (await table.create_if_absent("t", "b", {"x": 2})).applied
+    assert await table.get("t", "b") == {"x": 2}
+    assert await table.get_ttl("t", "b") == -1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_conditional_writes_default_ttl(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    factory = make_factory(backend, request, tmp_path / "cache", table_cache_ttl=300)
+    table = factory(tenant_id=TENANT).create_table_cache()
+    try:
+        assert (await table.create_if_absent("t", "a", {"x": 1})).applied
+        assert 299 <= await table.get_ttl("t", "a") <= 300
+        assert (await table.create_if_absent("t", "b", {"x": 1}, ttl=1000)).applied
+        assert 999 <= await table.get_ttl("t", "b") <= 1000
+        # replacing never creates, so the default never applies: the expiry is kept
+        await table.set_ttl("t", "a", 50)
+        assert (await table.replace_if("t", "a", {"x": 2}, {"x": 1})).applied
+        assert 49 <= await table.get_ttl("t", "a") <= 50
+    finally:
+        await close_pools()
+
+
+async def test_conditional_writes_models(table: ICache) -> None:
+    created = await table.create_if_absent("t", "a", Booking(holder="ana"), models=Booking)
+    assert created.applied and created.current is None
+    taken = await table.create_if_absent("t", "a", Booking(holder="bob"), models=Booking)
+    assert taken.current == Booking(holder="ana", party=2)
+    lost = await table.replace_if("t", "a", Booking(holder="bob"), {"holder": None}, models=Booking)
+    assert lost.outcome is WriteOutcome.CONDITION_NOT_MET
+    assert isinstance(lost.current, Booking) and lost.current.holder == "ana"
+    won = await table.replace_if("t", "a", Booking(holder="bob", party=3), {"holder": "ana"})
+    assert won.applied
+    assert await table.get("t", "a", Booking) == Booking(holder="bob", party=3)
+    # a row that does not validate: the error names the key and the model
+    await table.set("t", "bad", {"party": "many"})
+    with pytest.raises(CacheValidationError, match=r"hotel123:df:t:pkid:bad.*Booking"):
+        await table.create_if_absent("t", "bad", {"party": 1}, models=Booking)
+    with pytest.raises(CacheValidationError, match=r"hotel123:df:t:pkid:bad.*Booking"):
+        await table.replace_if("t", "bad", {}, {"party": 1}, models=Booking)
+    assert await table.get("t", "bad") == {"party": "many"}
+
+
+async def test_conditional_writes_on_state_and_user_caches(state: ICache, users: ICache) -> None:
+    assert (await state.create_if_absent("pizza_order", {"step": "size"})).applied
+    again = await state.create_if_absent("pizza_order", {"step": "new"})
+    assert again.outcome is WriteOutcome.ALREADY_EXISTS and again.current == {"step": "size"}
+    assert (await state.replace_if("pizza_order", {"step": "crust"}, {"step": "size"})).applied
+    assert await state.get("pizza_order") == {"step": "crust"}
+    assert (await users.create_if_absent("profile", Booking(holder="ana"))).applied
+    result = await users.replace_if("profile", {"holder": "x"}, {"party": 3}, models=Booking)
+    assert result.outcome is WriteOutcome.CONDITION_NOT_MET
+    assert result.current == Booking(holder="ana")
+    assert await users.get() == {"holder": "ana", "party": 2}
+
+
+async def test_conditional_write_argument_errors_name_the_row(table: ICache) -> None:
+    await table.set("t", "a", {"x": 1})
+    with pytest.raises(CacheArgumentTypeError, match=r"expected for 'hotel123:df:t:pkid:a'"):
+        await table.replace_if("t", "a", {"x": 2}, [("x", 1)])
+    with pytest.raises(CacheArgumentError, match=r"field name 'x\\x00'.*pkid:a"):
+        await table.replace_if("t", "a", {"x": 2}, {"x\x00": 1})
+    with pytest.raises(CacheArgumentTypeError, match=r"field 'x' of 'hotel123:df:t:pkid:a'"):
+        await table.replace_if("t", "a", {"x": 2}, {"x": {1, 2}})
+    with pytest.raises(CacheArgumentTypeError, match="needs the data"):
+        await table.create_if_absent("t", "a")
+    with pytest.raises(CacheArgumentTypeError, match="needs the data to write and expected"):
+        await table.replace_if("t", "a", {"x": 2})
+    with pytest.raises(CacheArgumentTypeError, match="pass ttl= by keyword"):
+        await table.create_if_absent("t:a", {"x": 2}, 60)
+    with pytest.raises(CacheArgumentTypeError, match="table must be a str"):
+        await table.create_if_absent(None, "a", {"x": 2})
+    with pytest.raises(CacheArgumentTypeError, match="pk must be a str, got int"):
+        await table.create_if_absent("t", 10, {"x": 2})
+    with pytest.raises(CacheArgumentError, match="table must not be empty"):
+        await table.replace_if("", "a", {"x": 2}, {"x": 1})
+    assert await table.get("t", "a") == {"x": 1}
+
+
+def test_write_result_is_a_frozen_value() -> None:
+    result: WriteResult[dict[str, Any]] = WriteResult(WriteOutcome.CREATED, None, "k")
+    assert result == WriteResult(WriteOutcome.CREATED, None, "k") and result.applied
+    with pytest.raises(AttributeError):
+        result.outcome = WriteOutcome.MISSING  # type: ignore[misc]
+    assert WriteOutcome("condition_not_met") is WriteOutcome.CONDITION_NOT_MET
+    assert not WriteResult(WriteOutcome.MISSING) and not WriteResult(WriteOutcome.ALREADY_EXISTS)
 
 
 # -- keys, scoping, isolation -------------------------------------------------------------

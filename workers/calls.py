@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from parley.cache.codec import Fields
+from parley.cache.results import WriteOutcome
 from parley.cache.store import Store
 
 log = logging.getLogger("parley.calls")
@@ -193,3 +194,19 @@ class GuardedStore:
 
     async def set_ttl(self, key: str, ttl: int) -> bool:
         return await self._calls.call(f"writing {key!r}", lambda: self._store.set_ttl(key, ttl))
+
+    async def create_if_absent(
+        self, key: str, fields: Fields, ttl: int | None, default_ttl: int | None
+    ) -> tuple[WriteOutcome, Fields | None]:
+        return await self._calls.call(
+            f"creating {key!r}",
+            lambda: self._store.create_if_absent(key, fields, ttl, default_ttl),
+        )
+
+    async def replace_if(
+        self, key: str, fields: Fields, expected: Fields, ttl: int | None
+    ) -> tuple[WriteOutcome, Fields | None]:
+        return await self._calls.call(
+            f"replacing {key!r} conditionally",
+            lambda: self._store.replace_if(key, fields, expected, ttl),
+        )
