@@ -19,9 +19,14 @@ COPY ingress ./ingress
 # -c: the dependency versions the tests ran with and pip-audit checked (constraints.txt)
 RUN pip install -c constraints.txt . \
     && useradd --create-home --uid 10001 --shell /usr/sbin/nologin parley \
-    && chown parley /app
+    && mkdir /srv/app && chown parley /app /srv/app
 
 USER parley
+
+# Your app's folder: every command runs here, so `parley worker --app myapp:app` finds
+# /srv/app/myapp.py. Mount your folder here (compose: PARLEY_APP_DIR) or build an image
+# FROM this one that copies it in (app/Dockerfile).
+WORKDIR /srv/app
 
 EXPOSE 8000
 CMD ["parley", "ingress", "--port", "8000"]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 
 from pydantic import BaseModel, Field
@@ -45,3 +46,21 @@ class WaitingHandler(WappaEventHandler):
 
 
 waiting = WappaBuilder().with_redis_cache().with_event_handler(WaitingHandler()).build()
+
+
+class LagHandler(WappaEventHandler):
+    """The timer benchmark's handler: records how late each run started — a message
+    after it was queued (its text is the queueing time), a timer after its due time —
+    in the user's state (one small document per user, as a real app's)."""
+
+    async def handle_message(self, webhook: Webhook) -> None:
+        lag = time.time() - float(webhook.get_message_text())
+        await self.state_cache.append_to_list("lag", "messages", lag)
+
+    async def handle_timer(self, webhook: Webhook) -> None:
+        assert webhook.timer is not None
+        lag = time.time() - webhook.timer.due_at.timestamp()
+        await self.state_cache.append_to_list("lag", "timers", lag)
+
+
+lag = WappaBuilder().with_redis_cache().with_event_handler(LagHandler()).build()

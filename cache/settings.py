@@ -19,13 +19,53 @@ DEFAULT_DB: dict[CacheKind, int] = {"user": 0, "state": 1, "table": 2}
 
 
 def with_db(url: str, db: int) -> str:
-    """``redis://host:6379`` (or ``.../5``) → ``redis://host:6379/{db}``, query kept."""
+    """``redis://host:6379`` → ``redis://host:6379/{db}``, query kept; a ``unix://``
+    URL, whose path is the socket's, gets ``?db={db}``."""
     parts = urlsplit(url)
+    if parts.scheme == "unix":
+        query = [pair for pair in parts.query.split("&") if pair and not pair.startswith("db=")]
+        query.append(f"db={db}")
+        return f"unix://{parts.netloc}{parts.path}?{'&'.join(query)}"
     return urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, parts.fragment))
 
 
+#: Where settings come from besides the environment, which wins over it: the current
+#: folder's ``.env``, as pydantic-settings users (and honcho, and compose) expect.
+ENV_FILE = ".env"
+
+
+def base_db(url: str) -> str | None:
+    """The DB number a ``redis://`` URL names in its path (or ``?db=``), if any."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        query = dict(pair.partition("=")[::2] for pair in parts.query.split("&") if pair)
+        return query.get("db") or None
+    path = parts.path.strip("/")
+    return path or None
+
+
+def base_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be the base server URL (``PARLEY_REDIS_URL``), or None. It
+    names a server and Parley places its DBs there; a DB number in it would otherwise be
+    dropped without a word (caches at 0-2, pipeline at 3)."""
+    if (db := base_db(url)) is None:
+        return None
+    return (
+        f"names DB {db}, but Parley places its DBs on that server itself (user cache 0, "
+        f"state 1, table 2, pipeline 3): remove the DB number, or give each its own URL "
+        "(PARLEY_USER_CACHE_URL, PARLEY_STATE_CACHE_URL, PARLEY_TABLE_CACHE_URL, "
+        "PARLEY_PIPELINE_URL, PARLEY_BROKER_URL)"
+    )
+
+
 class CacheSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PARLEY_", extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(
+        env_prefix="PARLEY_",
+        env_file=ENV_FILE,
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+    )
 
     redis_url: str = "redis://localhost:6379"
     user_cache_url: str | None = None
@@ -46,6 +86,13 @@ class CacheSettings(BaseSettings):
     def _a_redis_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(REDIS_SCHEMES):
             raise ValueError("must be a Redis URL: redis://host:port, rediss://… or unix://…")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _a_server(cls, value: str) -> str:
+        if problem := base_url_problem(value):
+            raise ValueError(problem)
         return value
 
     def url_for(self, kind: CacheKind) -> str:

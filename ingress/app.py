@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -35,9 +36,68 @@ from parley.workers.webhook import InvalidWebhook, split_delivery
 
 log = logging.getLogger("parley.ingress")
 
+INSECURE_WARNING = "!!! WEBHOOK SIGNATURES ARE NOT CHECKED: anyone can post to this ingress !!!"
+NO_VERIFY_TOKEN_WARNING = (
+    "WHATSAPP_VERIFY_TOKEN is not set: GET /webhook answers every verification handshake "
+    "403, so Meta cannot subscribe this endpoint (set it to the verify token entered in "
+    "Meta's webhook settings)"
+)
+#: Start-up warnings this process has logged: the CLI builds the app once to check the
+#: settings before uvicorn builds the one it serves, and the operator should read each once
+_warned: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
+
+
+def startup_warnings(settings: Settings) -> list[str]:
+    """What an operator serving this ingress to Meta must hear about (it still starts)."""
+    if not settings.whatsapp_verify_token.get_secret_value():
+        return [NO_VERIFY_TOKEN_WARNING]
+    return []
+
+
+#: The answer to a delivery refused for load (Meta retries it)
+BUSY = "too many deliveries at once; retry"
+
 
 def _answer(status: int, **body: Any) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+@dataclass
+class Answer:
+    """What ``POST /webhook`` answered one delivery, and what its one log line and its
+    ``parley_deliveries_total`` sample say: every answer goes through ``receive``, which
+    logs and counts it, so no path can answer silently or twice. ``facts`` are counts
+    and ids — never the body or message text."""
+
+    status: int
+    outcome: str  # accepted | refused | unavailable
+    reason: str = ""
+    body: dict[str, Any] | None = None  # None: nobody is listening any more
+    facts: dict[str, object] = field(default_factory=dict)
+    level: int = logging.INFO
+
+    def response(self) -> Response:
+        if self.body is None:
+            return Response(status_code=self.status)
+        return _answer(self.status, **self.body)
+
+    def log_line(self, ms: float) -> str:
+        facts = "".join(f" {key}={value}" for key, value in self.facts.items())
+        reason = f" reason={self.reason}" if self.reason else ""
+        return f"delivery outcome={self.outcome} status={self.status}{reason}{facts} ms={ms:.2f}"
+
+
+def _ids(envelopes: Iterable[Any], limit: int = 20) -> str:
+    """The first ``limit`` event ids of a delivery, escaped for one log line."""
+    ids = [printable(e.event_id) for e in envelopes]
+    more = f",+{len(ids) - limit}" if len(ids) > limit else ""
+    return ",".join(ids[:limit]) + more
 
 
 def signature_ok(secret: bytes, body: bytes, header: str | None) -> bool:
@@ -78,11 +138,15 @@ def create_app(
     acceptor: Accept | None = None,
     publish: Publish | None = None,
     collectors: Iterable[Collector] = (),
+    warn: bool = False,
 ) -> FastAPI:
     """The ingress. ``skip_signature`` is for local development without an app secret
     (``parley ingress --insecure-skip-signature``); ``acceptor`` replaces Redis
     (``parley demo`` with no service); ``publish`` sends through Celery when the broker
-    is not the pipeline DB; ``collectors`` add to ``/metrics`` (``parley.metrics``)."""
+    is not the pipeline DB; ``collectors`` add to ``/metrics`` (``parley.metrics``).
+    ``warn``: log the warnings an operator serving it to Meta must hear (a missing
+    verify token), once per process — ``parley ingress`` does, once for all its worker
+    processes; the demo and the tests, which no handshake reaches, do not."""
     secret = settings.whatsapp_app_secret.get_secret_value().encode()
     if skip_signature and secret:
         raise RuntimeError(
@@ -104,16 +168,20 @@ def create_app(
     metrics_token = (
         settings.metrics_token.get_secret_value().encode() if settings.metrics_token else b""
     )
-    if skip_signature:
-        log.warning("!!! WEBHOOK SIGNATURES ARE NOT CHECKED: anyone can post to this ingress !!!")
+    if skip_signature:  # however the app is built: never silent
+        warn_once(INSECURE_WARNING)
+    if warn:
+        for warning in startup_warnings(settings):
+            warn_once(warning)
 
     metrics = IngressMetrics(collectors)
     reading = asyncio.Semaphore(settings.max_concurrent_deliveries)
     budget = BodyBudget(settings.max_buffered_bytes)
 
-    def refuse(status: int, reason: str, error: str) -> Response:
-        metrics.refused(reason)
-        return _answer(status, error=error)
+    def refuse(
+        status: int, reason: str, error: str, level: int = logging.INFO, **facts: object
+    ) -> Answer:
+        return Answer(status, "refused", reason, {"error": error}, facts, level)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -139,99 +207,135 @@ def create_app(
             return PlainTextResponse(params["hub.challenge"])
         return PlainTextResponse("forbidden", status_code=403)
 
-    async def read_body(request: Request) -> bytes | Response:
+    async def read_body(request: Request) -> bytes | Answer:
         """The body, within the size limit, the shared byte budget and the deadline."""
         limit = settings.max_body_bytes
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            return refuse(413, "too_large", f"body over {limit} bytes")
+            return refuse(413, "too_large", f"body over {limit} bytes", bytes=int(declared))
         chunks: list[bytes] = []
         held = 0
         try:
             async with asyncio.timeout(settings.body_timeout):
                 async for chunk in request.stream():
                     if held + len(chunk) > limit:
-                        return refuse(413, "too_large", f"body over {limit} bytes")
+                        return refuse(
+                            413, "too_large", f"body over {limit} bytes", bytes=held + len(chunk)
+                        )
                     if not budget.take(len(chunk)):
-                        return refuse(503, "busy", "too many deliveries at once; retry")
+                        return refuse(503, "busy", BUSY, logging.WARNING, bytes=held)
                     chunks.append(chunk)
                     held += len(chunk)
         except TimeoutError:
-            return refuse(408, "slow_body", f"body not received within {settings.body_timeout}s")
-        except ClientDisconnect:
-            metrics.refused("disconnected")
-            return Response(status_code=400)  # nobody is listening
+            return refuse(
+                408,
+                "slow_body",
+                f"body not received within {settings.body_timeout}s",
+                bytes=held,
+            )
+        except ClientDisconnect:  # nobody is listening
+            return Answer(400, "refused", "disconnected", None, {"bytes": held})
         finally:
             budget.give_back(held)
         return b"".join(chunks)
 
     async def receive(request: Request) -> Response:
+        """Every answer to ``POST /webhook`` leaves here: one log line, one count."""
+        started = time.perf_counter()
         try:  # a burst waits for a slot; its bodies stay unread in the sockets meanwhile
             async with asyncio.timeout(settings.body_timeout):
                 await reading.acquire()
         except TimeoutError:
-            return refuse(503, "busy", "too many deliveries at once; retry")
-        try:
-            return await receive_one(request)
-        finally:
-            reading.release()
+            answer = refuse(503, "busy", BUSY, logging.WARNING)
+        else:
+            try:
+                answer = await receive_one(request)
+            finally:
+                reading.release()
+        metrics.deliveries.labels(answer.outcome, answer.reason).inc()
+        log.log(answer.level, answer.log_line((time.perf_counter() - started) * 1000))
+        return answer.response()
 
-    async def receive_one(request: Request) -> Response:
-        started = time.perf_counter()
+    async def receive_one(request: Request) -> Answer:
         raw = await read_body(request)
-        if isinstance(raw, Response):
+        if isinstance(raw, Answer):
             return raw
+        size = len(raw)
         if not skip_signature and not signature_ok(
             secret, raw, request.headers.get("x-hub-signature-256")
         ):
-            log.info("delivery refused: bad or missing signature (%d bytes)", len(raw))
-            return refuse(401, "bad_signature", "invalid X-Hub-Signature-256")
+            return refuse(401, "bad_signature", "invalid X-Hub-Signature-256", bytes=size)
         try:
             payload = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            return refuse(400, "not_json", "body is not JSON")
+            return refuse(400, "not_json", "body is not JSON", bytes=size)
         try:
             envelopes = split_delivery(
                 payload, received_at=time.time(), max_events=settings.max_envelopes_per_delivery
             )
-        except InvalidWebhook as exc:
-            return refuse(400, "not_whatsapp", f"not a WhatsApp webhook: {exc}")
+        except InvalidWebhook as exc:  # its text names the field, never a value
+            why = f"not a WhatsApp webhook: {exc}"
+            return refuse(400, "not_whatsapp", why, bytes=size, detail=repr(str(exc)))
         except Exception as exc:  # shapes split_delivery did not foresee: still the sender's fault
-            log.warning("delivery refused: malformed (%s)", type(exc).__name__)
-            return refuse(400, "malformed", "malformed WhatsApp webhook")
-        if settings.allowed_phone_ids and any(
-            e.tenant_id not in settings.allowed_phone_ids for e in envelopes
+            why = "malformed WhatsApp webhook"
+            return refuse(
+                400, "malformed", why, logging.WARNING, bytes=size, exception=type(exc).__name__
+            )
+        count = len(envelopes)
+        if settings.allowed_phone_ids and (
+            strangers := {e.tenant_id for e in envelopes} - set(settings.allowed_phone_ids)
         ):
-            return refuse(403, "phone_id_not_allowed", "phone number id not served here")
+            return refuse(
+                403,
+                "phone_id_not_allowed",
+                "phone number id not served here",
+                bytes=size,
+                envelopes=count,
+                tenants=",".join(sorted(printable(t) for t in strangers)),
+                ids=_ids(envelopes),
+            )
         try:  # encoded once here, for the checks and for the replay log and queue
             encoded = [envelope.encode() for envelope in envelopes]
         except (ValueError, TypeError):  # nested deeper than pydantic or orjson will write
-            return refuse(400, "malformed", "malformed WhatsApp webhook")
-        if any(len(raw) > settings.max_envelope_bytes for raw in encoded):
-            return refuse(400, "too_large", f"one event over {settings.max_envelope_bytes} bytes")
+            return refuse(
+                400, "malformed", "malformed WhatsApp webhook", bytes=size, envelopes=count
+            )
+        if any(len(one) > settings.max_envelope_bytes for one in encoded):
+            return refuse(
+                400,
+                "too_large",
+                f"one event over {settings.max_envelope_bytes} bytes",
+                bytes=size,
+                envelopes=count,
+                ids=_ids(envelopes),
+            )
         try:
             ids = await request.app.state.acceptor.accept(envelopes, encoded)
         except Exception as exc:
-            log.error(
-                "delivery outcome=unavailable envelopes=%d error=%s",
-                len(envelopes),
+            return Answer(
+                503,
+                "unavailable",
                 type(exc).__name__,
+                {"error": "temporarily unavailable; retry"},
+                {"bytes": size, "envelopes": count, "ids": _ids(envelopes)},
+                logging.ERROR,
             )
-            metrics.deliveries.labels("unavailable", type(exc).__name__).inc()
-            return _answer(503, error="temporarily unavailable; retry")
         accepted = sum(1 for i in ids if i)
-        metrics.deliveries.labels("accepted", "").inc()
         metrics.envelopes.labels("new").inc(accepted)
         metrics.envelopes.labels("duplicate").inc(len(ids) - accepted)
-        log.info(
-            "delivery outcome=accepted envelopes=%d new=%d duplicates=%d ids=%s ms=%.2f",
-            len(envelopes),
-            accepted,
-            len(ids) - accepted,
-            ",".join(printable(e.event_id) for e in envelopes[:20]),
-            (time.perf_counter() - started) * 1000,
+        return Answer(
+            200,
+            "accepted",
+            "",
+            {"accepted": accepted, "duplicates": len(ids) - accepted},
+            {
+                "bytes": size,
+                "envelopes": count,
+                "new": accepted,
+                "duplicates": len(ids) - accepted,
+                "ids": _ids(envelopes),
+            },
         )
-        return _answer(200, accepted=accepted, duplicates=len(ids) - accepted)
 
     app = FastAPI(
         title="Parley ingress",
@@ -260,7 +364,7 @@ def create_app(
                 "forbidden: set PARLEY_METRICS_TOKEN to scrape from elsewhere", status_code=403
             )
         # the pipeline collector reads Redis synchronously: off the event loop
-        page = await asyncio.to_thread(generate_latest, metrics.registry)
+        page = await asyncio.to_thread(generate_latest, metrics.scraped)
         return Response(page, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/readyz")

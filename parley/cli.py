@@ -8,11 +8,16 @@ import logging
 import os
 import socket
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: What ``--log-level`` takes: the levels logging, uvicorn and Celery all know
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 class OperatorError(click.ClickException):
@@ -39,25 +44,82 @@ class ParleyGroup(click.Group):
 
         from parley.cache.redis import redact
 
+        _load_env_file()
         try:
             return super().invoke(ctx)
         except pydantic.ValidationError as exc:
             raise OperatorError(settings_error(exc)) from None
         except redis.RedisError as exc:
-            url = redact(_redis_url_of(exc) or "Redis")
+            url = redact(_redis_url_of(ctx) or "Redis")
             raise click.ClickException(f"{url}: {exc}") from None
 
 
-def _redis_url_of(exc: BaseException) -> str | None:
-    """Which Redis failed, as far as the environment tells (the pipeline's)."""
+def _load_env_file() -> None:
+    """The current folder's ``.env`` under the environment, which wins: what the
+    settings read (``env_file``) also reaches the options behind variables
+    (``PARLEY_APP``) and the processes a command starts."""
+    from dotenv import load_dotenv
+
+    from parley.cache.settings import ENV_FILE
+
+    load_dotenv(os.path.join(os.getcwd(), ENV_FILE), override=False)
+
+
+#: ``ctx.meta`` key of the settings a command runs with (``--redis-url`` applied)
+SETTINGS = "parley.settings"
+
+
+def _redis_url_of(ctx: click.Context) -> str | None:
+    """Which Redis failed: the pipeline's, of the command's settings or else the
+    environment's."""
     from pydantic import ValidationError
 
     from parley.workers.settings import Settings
 
     try:
-        return f"the pipeline Redis at {Settings().pipeline}"
+        settings = ctx.meta.get(SETTINGS) or Settings()
     except ValidationError:
         return None
+    return f"the pipeline Redis at {settings.pipeline}"
+
+
+class AliasedOption(click.Option):
+    """An option with a second spelling that is accepted but not listed in ``--help``
+    (its help text names it): ``--log-level`` and ``--loglevel`` on both commands, as
+    uvicorn and Celery spell it."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        opts = self.opts
+        self.opts = opts[:1]
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = opts
+
+
+def log_level_option() -> Callable[[F], F]:
+    return click.option(
+        "--log-level",
+        "--loglevel",
+        "log_level",
+        cls=AliasedOption,
+        type=click.Choice(LOG_LEVELS, case_sensitive=False),
+        default="info",
+        show_default=True,
+        help="Also spelled --loglevel.",
+    )
+
+
+def redis_url_option() -> Callable[[F], F]:
+    return click.option(
+        "--redis-url",
+        envvar="PARLEY_REDIS_URL",
+        show_envvar=True,
+        default=None,
+        metavar="URL",
+        help="The base Redis server, as the setting: the pipeline is its DB 3 "
+        "(unless PARLEY_PIPELINE_URL names another).",
+    )
 
 
 @click.group(cls=ParleyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -68,13 +130,26 @@ def main() -> None:
 
 @main.command()
 @click.option(
-    "--redis", "redis_url", default=None, help="Run against this Redis instead of memory."
+    "--redis",
+    "redis_url",
+    default=None,
+    metavar="URL",
+    help="Run against this Redis instead of memory; refused while worker nodes run on it.",
 )
-def demo(redis_url: str | None) -> None:
+@click.pass_context
+def demo(ctx: click.Context, redis_url: str | None) -> None:
     """Play a pizza-ordering conversation for three users and print it."""
-    from parley.demo import run_demo
+    from parley.demo import NoReply, busy_with_nodes, run_demo
+    from parley.workers.settings import Settings
 
-    raise SystemExit(asyncio.run(run_demo(redis_url)))
+    if redis_url:
+        settings = ctx.meta[SETTINGS] = Settings(redis_url=redis_url)
+        if problem := busy_with_nodes(settings):
+            raise click.ClickException(problem)
+    try:
+        raise SystemExit(asyncio.run(run_demo(redis_url)))
+    except NoReply as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()
@@ -86,16 +161,19 @@ def demo(redis_url: str | None) -> None:
     is_flag=True,
     help="Accept unsigned webhooks. Local development only; logged loudly.",
 )
-@click.option("--log-level", default="info", show_default=True)
+@log_level_option()
 def ingress(
     host: str, port: int, processes: int, insecure_skip_signature: bool, log_level: str
 ) -> None:
     """The webhook endpoint (uvicorn serving parley.asgi:from_environment)."""
+    import redis
     import uvicorn
     from pydantic import ValidationError
 
-    from parley.asgi import create_ingress
+    from parley.asgi import create_ingress, prepare_processes, uvicorn_log_config
+    from parley.cache.redis import redact
     from parley.ingress.app import is_loopback
+    from parley.workers.deployment import DeploymentMismatch, check_deployment
     from parley.workers.settings import Settings
 
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
@@ -106,22 +184,81 @@ def ingress(
     if insecure_skip_signature and processes != 1:
         raise click.UsageError("--insecure-skip-signature runs one process: drop --workers")
     try:  # fail before binding, not in each uvicorn worker
-        app = create_ingress(Settings(), skip_signature=insecure_skip_signature)
+        settings = Settings()
+        app = create_ingress(settings, skip_signature=insecure_skip_signature, warn=True)
     except ValidationError as exc:
         raise click.UsageError(settings_error(exc)) from None
     except RuntimeError as exc:
         raise click.UsageError(str(exc)) from None
-    uvicorn.run(
-        # unsigned: this very app object, in this process; signed: each worker process
-        # builds its own from the environment, where signatures are always checked
-        app if insecure_skip_signature else "parley.asgi:from_environment",
-        factory=not insecure_skip_signature,
-        host=host,
-        port=port,
-        workers=processes,
-        log_level=log_level,
-        access_log=False,
-    )
+    try:
+        check_deployment(settings, "ingress")
+    except DeploymentMismatch as exc:
+        raise OperatorError(str(exc)) from None
+    except redis.RedisError as exc:  # it serves anyway: 503 until the pipeline answers
+        logging.getLogger("parley.ingress").warning(
+            "cannot check the deployment in the pipeline Redis (%s): %s",
+            redact(settings.pipeline),
+            exc,
+        )
+    try:  # several processes: /metrics sums their counters (PROMETHEUS_MULTIPROC_DIR)
+        clean_up = prepare_processes(processes)
+    except RuntimeError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        uvicorn.run(
+            # unsigned: this very app object, in this process; signed: each worker process
+            # builds its own from the environment, where signatures are always checked
+            app if insecure_skip_signature else "parley.asgi:from_environment",
+            factory=not insecure_skip_signature,
+            host=host,
+            port=port,
+            workers=processes,
+            log_level=log_level,
+            log_config=uvicorn_log_config(log_level, LOG_FORMAT),
+            access_log=False,
+        )
+    finally:
+        clean_up()
+
+
+@main.command("send-webhook")
+@click.argument("text")
+@click.option("--from", "user", required=True, help="The sender's WhatsApp id (digits).")
+@click.option(
+    "--url",
+    default="http://127.0.0.1:8000/webhook",
+    show_default=True,
+    help="The ingress's webhook endpoint.",
+)
+@click.option(
+    "--phone-id",
+    envvar="WHATSAPP_PHONE_ID",
+    show_envvar=True,
+    default=None,
+    help="The business number it is sent to (the tenant) [default: a test number].",
+)
+def send_webhook(text: str, user: str, url: str, phone_id: str | None) -> None:
+    """POST one text message to an ingress, signed with WHATSAPP_APP_SECRET as Meta
+    signs its deliveries: to try an app without Meta."""
+    import httpx
+    import orjson
+
+    from parley.testing.deliveries import PHONE_ID, delivery, sign, text_message
+    from parley.workers.settings import Settings
+
+    secret = Settings().whatsapp_app_secret.get_secret_value()
+    if not secret:
+        raise OperatorError("WHATSAPP_APP_SECRET is not set: give it the ingress's app secret")
+    body = orjson.dumps(delivery([text_message(user, text)], phone_id or PHONE_ID))
+    try:
+        answer = httpx.post(url, content=body, headers=sign(body, secret), timeout=10)
+    except httpx.HTTPError as exc:
+        raise click.ClickException(
+            f"no ingress answers at {url} ({exc}): start one (parley ingress --port 8000)"
+        ) from None
+    if answer.status_code != 200:
+        raise click.ClickException(f"the ingress answered {answer.status_code}: {answer.text}")
+    click.echo(f"the ingress accepted it: {answer.text}")
 
 
 @main.command(
@@ -173,22 +310,25 @@ def flower(port: int, address: str, flower_options: tuple[str, ...]) -> None:
     "--concurrency",
     type=click.IntRange(1, 1024),
     default=None,
-    help="Handlers run at once, each for another user [default: PARLEY_CONCURRENCY, 64].",
+    envvar="PARLEY_CONCURRENCY",
+    show_envvar=True,
+    help="Handlers run at once, each for another user (default 64).",
 )
-@click.option("--loglevel", default="INFO", show_default=True)
+@log_level_option()
 def worker(
-    app_path: str, partitions: str, node: str | None, concurrency: int | None, loglevel: str
+    app_path: str, partitions: str, node: str | None, concurrency: int | None, log_level: str
 ) -> None:
     """A worker node: runs up to --concurrency users' handlers at once, each user's
     webhooks one at a time, in the order they were accepted."""
     from parley.wire.keys import DEFAULT_QUEUE, queue_name
     from parley.wire.partition import parse_partitions
     from parley.workers.builder import AppError, load_app
-    from parley.workers.celery import WORKER_OPTIONS, create_celery
+    from parley.workers.celery import WORKER_OPTIONS, create_celery, publish
     from parley.workers.connections import wait_at_start
+    from parley.workers.deployment import DeploymentMismatch, check_deployment
     from parley.workers.runtime import Runtime
 
-    logging.basicConfig(level=loglevel.upper(), format=LOG_FORMAT)
+    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
     from parley.workers.settings import weak_secret
 
     try:
@@ -202,9 +342,14 @@ def worker(
     if token and (problem := weak_secret("WHATSAPP_TOKEN", token, length=False)):
         raise click.UsageError(problem)
     wait_at_start(settings)  # before anything touches Redis: it may not be up yet
+    try:
+        check_deployment(settings, "worker")
+    except DeploymentMismatch as exc:
+        raise OperatorError(str(exc)) from None
     name = node or f"parley-{os.getpid()}"
     runtime = Runtime(app, node=f"{name}@{socket.gethostname()}")
     celery_app = create_celery(settings, runtime.handle, on_shutdown=runtime.stop_soon)
+    runtime.start_timers(lambda envelope: publish(celery_app, envelope, settings.partitions))
     if partitions == "auto":
         _join_as_auto_node(runtime, celery_app)
         queues = [DEFAULT_QUEUE]  # partitions are added as leased
@@ -221,13 +366,24 @@ def worker(
             )
         queues = [queue_name(p) for p in owned]
         _drain_on_shutdown(settings, celery_app)
+    if logging.getLevelName(log_level.upper()) != logging.DEBUG:  # one line per queue
+        logging.getLogger("celery.worker.consumer.consumer").setLevel(logging.WARNING)
+    logging.getLogger("parley.worker").info(
+        "parley %s: node %s, app %s, partitions %s of %d, up to %d handlers at once",
+        _version(),
+        runtime.node,
+        app_path,
+        "auto (those it holds the leases of)" if partitions == "auto" else spec,
+        settings.partitions,
+        settings.concurrency,
+    )
     try:
         celery_app.worker_main(
             [
                 "worker",
                 *WORKER_OPTIONS,
                 *("--queues", ",".join(queues)),
-                *("--hostname", f"{name}@%h", "--loglevel", loglevel),
+                *("--hostname", f"{name}@%h", "--loglevel", log_level.upper()),
             ]
         )
     finally:
@@ -312,14 +468,72 @@ def _console() -> Any:
     return Console(width=width, markup=False, emoji=False, highlight=False)
 
 
-def _pipeline_client() -> tuple[Any, Any]:
-    """The settings from the environment, and a client of their pipeline DB."""
+def _pipeline_client(redis_url: str | None) -> tuple[Any, Any]:
+    """The settings (from the environment, ``--redis-url`` over it), and a client of
+    their pipeline DB. The settings are kept in the context, so a Redis that fails is
+    named as the command saw it."""
     import redis
 
     from parley.workers.settings import Settings
 
-    settings = Settings()
+    settings = Settings(redis_url=redis_url) if redis_url else Settings()
+    click.get_current_context().meta[SETTINGS] = settings
     return redis.Redis.from_url(settings.pipeline), settings
+
+
+def _count(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 dead letter``, ``2 dead letters``."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
+def _confirm(question: str, refused: str) -> None:
+    """Ask before a change that cannot be undone; refuse (exit 1) unless the answer is
+    yes. Only a terminal is asked: piped input may be another command's output (a line
+    of commands pasted as a pipeline), and with no input there is no one to answer."""
+    import sys
+
+    if not sys.stdin.isatty():
+        raise click.ClickException(f"{refused}: no terminal to confirm on; add --yes")
+    try:
+        answer = click.confirm(question, default=False)
+    except click.Abort:  # Ctrl-C or Ctrl-D at the question
+        answer = False
+        click.echo()
+    if not answer:
+        raise click.ClickException(f"{refused}: not confirmed")
+
+
+def _natural(item: tuple[str, int]) -> tuple[bool, int, str]:
+    """Counts by partition in number order (9 before 11), others by name."""
+    key = item[0]
+    return (not key.isdigit(), int(key) if key.isdigit() else 0, key)
+
+
+def _when(entry_id: str) -> str:
+    """A stream id (or bound) as the time it stands for, in UTC."""
+    from parley.replay import STREAM_ID, stream_time, utc
+
+    if not STREAM_ID.match(entry_id):
+        return entry_id
+    return utc(stream_time(entry_id))
+
+
+def _selection(
+    bounds: tuple[str, str], tenant: str | None, user: str | None, kind: str | None
+) -> str:
+    """What ``parley replay`` was asked for, in words (for the line saying it found
+    nothing)."""
+    parts = []
+    if bounds[0] != "-":
+        parts.append(f"since {_when(bounds[0])}")
+    if bounds[1] != "+":
+        parts.append(f"until {_when(bounds[1])}")
+    parts += [
+        f"{name} {value}"
+        for name, value in (("tenant", tenant), ("user", user), ("type", kind))
+        if value
+    ]
+    return ", ".join(parts)
 
 
 @main.command()
@@ -338,6 +552,7 @@ def _pipeline_client() -> tuple[Any, Any]:
     help="Run the reconciler once: re-enqueue logged webhooks that are in no queue, not "
     "in flight and not done (from its cursor, or --since; with --dry-run).",
 )
+@redis_url_option()
 def replay(
     since: str | None,
     until: str | None,
@@ -349,12 +564,13 @@ def replay(
     yes: bool,
     rate: float | None,
     unfinished: bool,
+    redis_url: str | None,
 ) -> None:
     """Re-enqueue accepted webhooks (or dead letters), in their original order."""
     if unfinished:
         if until or tenant or user or kind or dead or rate:
             raise click.UsageError("--unfinished takes only --since and --dry-run")
-        _replay_unfinished(since, dry_run)
+        _replay_unfinished(since, dry_run, redis_url)
         return
     from rich.progress import (
         BarColumn,
@@ -369,26 +585,36 @@ def replay(
     from parley.wire.keys import DEAD_LETTERS, REPLAY_LOG
 
     console = _console()
-    client, settings = _pipeline_client()
     try:
         bounds = stream_bound(since), stream_bound(until, end=True)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+    client, settings = _pipeline_client(redis_url)
     stream = DEAD_LETTERS if dead else REPLAY_LOG
     entries = list(select(client, stream, *bounds, tenant=tenant, user=user, kind=kind))
-    what = "dead letters" if dead else "logged webhooks"
-    console.print(f"{len(entries)} {what} match ({bounds[0]} .. {bounds[1]})")
+    noun = ("dead letter", "dead letters") if dead else ("logged webhook", "logged webhooks")
+    if not entries:
+        asked = _selection(bounds, tenant, user, kind)
+        if asked:
+            console.print(f"no {noun[1]} match ({asked})")
+        else:
+            console.print("there are no dead letters" if dead else "the replay log is empty")
+        return
+    first, last = _when(entries[0].entry_id), _when(entries[-1].entry_id)
+    span = f"at {first}" if first == last else f"from {first} to {last}"
+    console.print(
+        f"{_count(len(entries), *noun)} {'matches' if len(entries) == 1 else 'match'}, "
+        f"{'dead-lettered' if dead else 'accepted'} {span}"
+    )
     if dry_run:
         for name, counts in summary(entries, settings).items():
             table = Table(name, "envelopes", title=f"by {name}")
-            for key, count in sorted(counts.items()):
+            for key, count in sorted(counts.items(), key=_natural):
                 table.add_row(key, str(count))
             console.print(table)
         return
-    if not entries:
-        return
-    if not yes and not click.confirm(f"Replay {len(entries)} {what}?", default=False):
-        raise SystemExit(1)
+    if not yes:
+        _confirm(f"Replay {_count(len(entries), *noun)}?", f"nothing replayed ({_count(0, *noun)})")
     columns = (
         TextColumn("replaying"),
         BarColumn(),
@@ -408,13 +634,14 @@ def replay(
         batch = enqueue(client, entries, settings, dead=dead, rate=rate, advance=advance)
     elapsed = time.monotonic() - started
     console.print(
-        f"replayed {len(entries)} {what} as {batch} in {elapsed:.2f}s "
+        f"replayed {_count(len(entries), *noun)} as {batch} in {elapsed:.2f}s "
         f"({len(entries) / max(elapsed, 1e-6):,.0f} envelopes/s)"
     )
 
 
-def _replay_unfinished(since: str | None, dry_run: bool) -> None:
-    """``parley replay --unfinished``: one reconcile, reported for people."""
+def _replay_unfinished(since: str | None, dry_run: bool, redis_url: str | None) -> None:
+    """``parley replay --unfinished``: one reconcile, reported for people. The cursor is
+    shown as its stream id: it is what ``--since`` would take to start from it."""
     import redis
 
     from parley.replay import stream_bound
@@ -425,24 +652,27 @@ def _replay_unfinished(since: str | None, dry_run: bool) -> None:
         start = stream_bound(since) if since is not None else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--since") from None
+    _, settings = _pipeline_client(redis_url)
     try:
-        report = _reconcile(start, dry_run)
+        report = _reconcile(settings, start, dry_run)
     except redis.RedisError as exc:
         raise click.ClickException(f"cannot reach Redis: {exc}") from None
     console.print(
-        f"checked {report.checked} logged webhooks from {report.since} up to {report.until} "
+        f"checked {_count(report.checked, 'logged webhook')} accepted from "
+        f"{_when(report.since)} up to {_when(report.until)} "
         f"(older than the grace period): {report.settled} done or dead-lettered, "
         f"{report.pending} queued or in flight, {len(report.lost)} lost"
     )
     if report.behind:
         console.print(
-            f"entries before {report.since} can no longer be checked: their done-markers "
-            "may have expired (PARLEY_DONE_TTL)"
+            f"webhooks accepted before {_when(report.since)} can no longer be checked: "
+            "their done-markers may have expired (PARLEY_DONE_TTL)"
         )
     if report.lost:
         console.print(("would re-enqueue" if dry_run else "re-enqueued") + ":")
         for entry in report.lost:
-            console.print(f"  {entry.entry_id}  {task_repr(entry.envelope)}")
+            when = _when(entry.entry_id)
+            console.print(f"  {when}  {entry.entry_id}  {task_repr(entry.envelope)}")
     if report.full:
         console.print(
             f"stopped at the batch limit (PARLEY_RECONCILE_BATCH); "
@@ -461,42 +691,61 @@ def _replay_unfinished(since: str | None, dry_run: bool) -> None:
         console.print(f"cursor: {report.settled_to} (moved)")
 
 
-def _reconcile(since: str | None, dry_run: bool) -> Any:
+def _reconcile(settings: Any, since: str | None, dry_run: bool) -> Any:
     """One reconcile from the command line (a dry one for ``parley status``); its
     findings are printed by the caller, not logged."""
     from parley.workers.reconciler import Busy, NoQueues, Reconciler
-    from parley.workers.settings import Settings
 
     logging.getLogger("parley.reconciler").addHandler(logging.NullHandler())
     holder = f"cli-{os.getpid()}@{socket.gethostname()}"
     try:
-        return Reconciler.for_settings(Settings(), holder).run(since, dry_run=dry_run)
+        return Reconciler.for_settings(settings, holder).run(since, dry_run=dry_run)
     except (Busy, NoQueues) as exc:
         raise click.ClickException(str(exc)) from None
 
 
 @main.group()
 def dead() -> None:
-    """Inspect and drop dead letters."""
+    """Inspect and drop dead letters. A dead letter's id (parley dead list) stays the
+    same when a replay of it fails again; its event id is accepted too."""
+
+
+def _one_dead_letter(client: Any, ref: str) -> list[Any]:
+    """The entries of the one dead letter ``ref`` names (several only when a replay
+    raced another), or a one-line error."""
+    from parley.replay import dead_letter_id, find_dead_letters
+
+    if not ref.isprintable() or any(ch.isspace() for ch in ref):
+        raise OperatorError(f"no dead letter {ref!r}: give an id from `parley dead list`")
+    entries = find_dead_letters(client, ref)
+    if not entries:
+        raise click.ClickException(f"no dead letter {ref} (ids are in `parley dead list`)")
+    ids = sorted({dead_letter_id(entry) for entry in entries})
+    if len(ids) > 1:
+        raise click.ClickException(
+            f"{len(ids)} dead letters have event id {ref}: give one of their ids: " + ", ".join(ids)
+        )
+    return entries
 
 
 @dead.command("list")
-def dead_list() -> None:
-    """When, tenant, masked user, message id, reason and error of each dead letter."""
+@redis_url_option()
+def dead_list(redis_url: str | None) -> None:
+    """Id, time of the last failure (UTC), tenant, masked user, event id, reason, attempts
+    and error of each dead letter, oldest first."""
     from rich.table import Table
 
-    from parley.replay import select
+    from parley.replay import dead_letter_id, select, utc
     from parley.wire.envelope import mask_user_id
     from parley.wire.keys import DEAD_LETTERS
 
-    client, _ = _pipeline_client()
+    client, _ = _pipeline_client(redis_url)
     table = Table("id", "last failure", "tenant", "user", "event", "reason", "attempts", "error")
     for entry in select(client, DEAD_LETTERS):
         f = entry.fields
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(f["last_failure"])))
         table.add_row(
-            entry.entry_id,
-            when,
+            dead_letter_id(entry),
+            utc(float(f["last_failure"])),
             f["tenant_id"],
             mask_user_id(f["user_id"]),
             f["event_id"],
@@ -504,53 +753,78 @@ def dead_list() -> None:
             f["attempts"],
             f"{f['error_type'].rsplit('.', 1)[-1]}: {f['error'][:60]}",
         )
+    if not table.rows:
+        click.echo("there are no dead letters")
+        return
     _console().print(table)
 
 
 @dead.command("show")
-@click.argument("entry_id")
-def dead_show(entry_id: str) -> None:
-    """One dead letter: its envelope and traceback."""
-    from parley.replay import STREAM_ID
-    from parley.wire.keys import DEAD_LETTERS
+@click.argument("dead_id", metavar="ID")
+@click.option(
+    "--payload", is_flag=True, help="Print the webhook's payload too (message text included)."
+)
+@redis_url_option()
+def dead_show(dead_id: str, payload: bool, redis_url: str | None) -> None:
+    """One dead letter: what failed, when (UTC), and its traceback. ID: from parley dead
+    list (or the event id). The payload, which holds the message text, only with
+    --payload."""
+    from parley.replay import dead_letter_id, utc
 
-    if not STREAM_ID.match(entry_id):
-        raise OperatorError(f"no dead letter {entry_id}: ids look like 1767225600000-0")
-    client, _ = _pipeline_client()
-    found = client.xrange(DEAD_LETTERS, entry_id, entry_id)
-    if not found:
-        raise click.ClickException(f"no dead letter {entry_id}")
-    fields = {k.decode(): v.decode() for k, v in found[0][1].items()}
-    traceback = fields.pop("traceback")
-    envelope = json.loads(fields.pop("envelope"))
+    client, _ = _pipeline_client(redis_url)
+    entry = _one_dead_letter(client, dead_id)[-1]  # the newest, if a replay raced another
+    fields = dict(entry.fields)
+    traceback = fields.pop("traceback", "")
+    fields.pop("envelope", None)
+    fields.pop("id", None)
+    click.echo(f"id: {dead_letter_id(entry)}")
     for key, value in fields.items():
+        if key in ("first_failure", "last_failure"):
+            value = utc(float(value))
         click.echo(f"{key}: {value}")
-    click.echo("envelope:\n" + json.dumps(envelope, indent=2, ensure_ascii=False))
-    click.echo(traceback)
+    envelope = entry.envelope
+    click.echo(f"received_at: {utc(envelope.received_at)}")
+    if payload:
+        text = json.dumps(envelope.payload, indent=2, ensure_ascii=False)
+        click.echo("payload:\n" + text)
+    else:
+        click.echo("payload: not shown (--payload shows it, message text included)")
+    click.echo(traceback.rstrip("\n"))
 
 
 @dead.command("drop")
-@click.argument("entry_id", required=False)
-@click.option("--all", "drop_all", is_flag=True, help="Drop every dead letter.")
-def dead_drop(entry_id: str | None, drop_all: bool) -> None:
-    """Delete one dead letter, or all of them."""
+@click.argument("dead_id", metavar="[ID]", required=False)
+@click.option("--all", "drop_all", is_flag=True, help="Drop every dead letter (asks first).")
+@click.option("--yes", is_flag=True, help="With --all: do not ask for confirmation.")
+@redis_url_option()
+def dead_drop(dead_id: str | None, drop_all: bool, yes: bool, redis_url: str | None) -> None:
+    """Delete one dead letter (ID: from parley dead list), or all of them."""
     from parley.wire.keys import DEAD_LETTERS
 
-    client, _ = _pipeline_client()
-    if drop_all:
-        count = client.xlen(DEAD_LETTERS)
-        client.delete(DEAD_LETTERS)
-    elif entry_id:
-        count = client.xdel(DEAD_LETTERS, entry_id)
-        if not count:
-            raise click.ClickException(f"no dead letter {entry_id}")
-    else:
-        raise click.UsageError("give a dead letter id or --all")
-    click.echo(f"dropped {count} dead letter(s)")
+    if drop_all == bool(dead_id):
+        raise click.UsageError("give a dead letter id or --all (not both)")
+    client, _ = _pipeline_client(redis_url)
+    if dead_id:
+        entries = _one_dead_letter(client, dead_id)
+        client.xdel(DEAD_LETTERS, *[entry.entry_id for entry in entries])
+        click.echo(f"dropped dead letter {dead_id}")
+        return
+    newest = client.xrevrange(DEAD_LETTERS, count=1)
+    if not newest:
+        click.echo("there are no dead letters")
+        return
+    present = _count(client.xlen(DEAD_LETTERS), "dead letter")
+    if not yes:
+        _confirm(f"Drop all {present}? They cannot be replayed after.", "nothing dropped")
+    # exactly those asked about: a dead letter added since the question stays
+    ms, _, seq = newest[0][0].decode().partition("-")
+    dropped = client.xtrim(DEAD_LETTERS, minid=f"{ms}-{int(seq) + 1}", approximate=False)
+    click.echo(f"dropped {_count(dropped, 'dead letter')}")
 
 
 @main.command()
-def status() -> None:
+@redis_url_option()
+def status(redis_url: str | None) -> None:
     """Per partition its owner, queue depth, lag (age of the oldest waiting webhook) and
     the envelopes in flight on each node; the live nodes and what each runs."""
     from collections import Counter
@@ -560,7 +834,7 @@ def status() -> None:
     from parley.status import read_state
     from parley.wire.keys import queue_name
 
-    client, settings = _pipeline_client()
+    client, settings = _pipeline_client(redis_url)
     state = read_state(client, settings.partitions)
     table = Table("partition", "queue", "depth", "lag", "owner (lease)", "in flight")
     for row in state.partitions:
@@ -578,21 +852,34 @@ def status() -> None:
     running: Counter[str] = Counter()
     for row in state.partitions:
         running.update(row.in_flight)
-    nodes = Table("live node", "partitions", "in flight", "heartbeat expires in")
-    for name, left in sorted(state.nodes.items()):
-        nodes.add_row(name, str(owned[name]), str(running[name]), f"{left:.1f}s")
-    console.print(nodes)
+    if state.nodes:
+        nodes = Table("live node", "partitions", "in flight", "heartbeat expires in")
+        for name, left in sorted(state.nodes.items()):
+            nodes.add_row(name, str(owned[name]), str(running[name]), f"{left:.1f}s")
+        console.print(nodes)
+    else:
+        console.print("no live worker nodes (--partitions auto)")
     console.print(
-        f"replay log: {state.replay_log} envelopes   dead letters: {state.dead_letters}   "
+        f"replay log: {_count(state.replay_log, 'envelope')}   "
+        f"dead letters: {state.dead_letters}   "
         f"recovered by the reconciler: {state.recovered}"
     )
+    if state.next_timer is None:
+        console.print("timers pending: 0")
+    else:
+        when = state.next_timer
+        due = f"due in {when:.1f}s" if when >= 0 else f"overdue by {-when:.1f}s"
+        if when < -5:
+            due += ": is any worker node running?"
+        console.print(f"timers pending: {state.timers} (the next {due})")
     try:
-        report = _reconcile(None, dry_run=True)
+        report = _reconcile(settings, None, dry_run=True)
     except click.ClickException as exc:
         console.print(f"unaccounted for: unknown ({exc.message})")
     else:
         more = " and more not checked" if report.full else ""
         console.print(
-            f"unaccounted for: {len(report.lost)} of the {report.checked} logged webhooks "
-            f"past the grace period after the reconciler's cursor{more}"
+            f"unaccounted for: {len(report.lost)} of the "
+            f"{_count(report.checked, 'logged webhook')} past the grace period after the "
+            f"reconciler's cursor{more}"
         )

@@ -9,7 +9,8 @@ on loopback) that records them.
 
 With no ``--redis`` nothing external is used: an in-memory broker, memory caches and
 an in-memory pipeline store. With ``--redis URL`` the same runs on that Redis
-(broker, pipeline, caches), as a deployment would.
+(broker, pipeline, caches), as a deployment would — unless worker nodes are live
+there: they would consume the demo's queues, and its replies would never come.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from typing import Any
 
 import httpx
 import orjson
+import redis
 
 from parley.asgi import create_ingress
-from parley.cache.redis import close_pools
+from parley.cache.redis import close_pools, redact
 from parley.ingress.accept import MemoryAcceptor
+from parley.status import live_worker_nodes
 from parley.testing import FakeGraphAPI, delivery, sign, text_message
 from parley.wire.keys import queue_name
 from parley.workers.builder import ParleyApp
@@ -33,6 +36,7 @@ from parley.workers.lanes import LanePool
 from parley.workers.pipeline import MemoryPipelineStore
 from parley.workers.runtime import Runtime
 from parley.workers.settings import Settings
+from parley.workers.timers import MemoryTimers
 
 TENANT = "15550000000"
 SECRET = secrets.token_hex(16)  # a new app secret for each run
@@ -43,6 +47,28 @@ CONVERSATIONS = {
     "15550003": ["hey", "medium", "mushrooms", "no"],
 }
 REPLY_WAIT = 30.0
+
+
+class NoReply(TimeoutError):
+    """The worker did not answer a user's message in time."""
+
+
+def busy_with_nodes(settings: Settings) -> str | None:
+    """Why the demo must not run on ``settings``' Redis, or None: live worker nodes
+    there would take its webhooks off their queues."""
+    client = redis.Redis.from_url(settings.pipeline)
+    try:
+        nodes = sorted(live_worker_nodes(client))
+    finally:
+        client.close()
+    if not nodes:
+        return None
+    shown = ", ".join(nodes[:3]) + (f" and {len(nodes) - 3} more" if len(nodes) > 3 else "")
+    count = f"{len(nodes)} live worker node{'s' if len(nodes) != 1 else ''}"
+    return (
+        f"{count} on {redact(settings.pipeline)} ({shown}) would take the demo's "
+        "webhooks: stop them, or run the demo on another Redis (or without --redis)"
+    )
 
 
 async def run_demo(redis_url: str | None) -> int:
@@ -67,8 +93,10 @@ async def run_demo(redis_url: str | None) -> int:
             ParleyApp(PizzaOrderHandler(), settings, backend),
             node="demo@parley",
             pipeline=None if redis_url else MemoryPipelineStore(),
+            timers=None if redis_url else MemoryTimers(),
         )
         celery_app = create_celery(settings, runtime.handle)
+        runtime.start_timers(lambda envelope: publish(celery_app, envelope, settings.partitions))
         ingress = create_ingress(
             settings,
             acceptor=None
@@ -127,6 +155,6 @@ async def _reply(graph: FakeGraphAPI, user: str, turn: int) -> str:
     deadline = time.monotonic() + REPLY_WAIT
     while len(texts := graph.texts_to(user)) <= turn:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"no reply to {user}'s message {turn + 1} in {REPLY_WAIT}s")
+            raise NoReply(f"no reply to {user}'s message {turn + 1} in {REPLY_WAIT:.0f}s")
         await asyncio.sleep(0.01)
     return texts[turn]

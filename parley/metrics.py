@@ -108,6 +108,14 @@ def pipeline_families(state: PipelineState) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "parley_replay_log_entries", "Envelopes in the replay log", state.replay_log
     )
+    yield GaugeMetricFamily(
+        "parley_timers_pending", "Scheduled actions not yet fired", state.timers
+    )
+    yield GaugeMetricFamily(
+        "parley_timer_overdue_seconds",
+        "How long ago the oldest unfired timer fell due (0: none overdue): alert on it",
+        max(0.0, -state.next_timer) if state.next_timer is not None else 0.0,
+    )
     yield handler_histogram(state.latency)
     yield CounterMetricFamily(  # exposed as parley_recovered_total
         "parley_recovered",

@@ -21,12 +21,24 @@ from typing import Any
 import redis
 
 from parley.wire.envelope import Envelope
+from parley.wire.keys import DEAD_LETTERS
 from parley.wire.messages import routed_message
 from parley.wire.partition import partition_for
-from parley.workers.replay_log import Entry, select
+from parley.workers.replay_log import Entry, select, stream_id
 from parley.workers.settings import Settings, parse_duration
 
-__all__ = ["Entry", "as_replay", "enqueue", "select", "stream_bound", "summary"]
+__all__ = [
+    "Entry",
+    "as_replay",
+    "dead_letter_id",
+    "enqueue",
+    "find_dead_letters",
+    "select",
+    "stream_bound",
+    "stream_time",
+    "summary",
+    "utc",
+]
 
 STREAM_ID = re.compile(r"^\d+(-\d+)?$")
 CHUNK = 500
@@ -53,6 +65,34 @@ def stream_bound(text: str | None, *, now: float | None = None, end: bool = Fals
                 f"{text!r} is neither an ISO time, a duration like 2h nor a stream id"
             ) from None
     return f"{ms}-{'18446744073709551615' if end else '0'}"
+
+
+def utc(seconds: float) -> str:
+    """A time for people, in ISO 8601 UTC to the second: what ``--since`` takes back."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def stream_time(entry_id: str) -> float:
+    """When an entry was added (epoch seconds): its stream id's milliseconds."""
+    return stream_id(entry_id)[0] / 1000
+
+
+def dead_letter_id(entry: Entry) -> str:
+    """The id people see and give for a dead letter. It stays while the entry changes:
+    a replay that fails again replaces the entry, carrying the id over (dead_letter.lua);
+    the first entry's id is its stream id."""
+    return entry.fields.get("id") or entry.entry_id
+
+
+def find_dead_letters(client: redis.Redis, ref: str) -> list[Entry]:
+    """The dead-letter entries ``ref`` names: its id (``parley dead list``), its current
+    stream id, or its event id (the message id, which several dead letters may share).
+    Oldest first."""
+    return [
+        entry
+        for entry in select(client, DEAD_LETTERS)
+        if ref in (dead_letter_id(entry), entry.entry_id, entry.fields.get("event_id"))
+    ]
 
 
 def as_replay(entry: Entry, batch: str, dead: bool) -> Envelope:

@@ -15,11 +15,13 @@ from parley.wire.keys import (
     NODES,
     RECOVERED,
     REPLAY_LOG,
+    TIMERS,
     inflight_key,
     lease_key,
     queue_name,
 )
 from parley.wire.messages import waiting_since
+from parley.workers.leases import live_nodes
 from parley.workers.pipeline import in_flight_record
 
 
@@ -40,10 +42,27 @@ class PipelineState:
     dead_letters: int
     latency: dict[str, str]  # the handler-latency hash (see finish.lua)
     recovered: int  # lost envelopes the reconciler re-enqueued, ever
+    timers: int  # scheduled actions not yet fired
+    next_timer: float | None  # seconds until the next one is due (negative: overdue)
 
 
 def _text(value: bytes | None) -> str | None:
     return value.decode() if value is not None else None
+
+
+def still_live(expiries: dict[str, float], redis_now: float) -> dict[str, float]:
+    """Live node → seconds until its heartbeat runs out, of the registry's nodes and
+    their expiries (epoch seconds), on Redis's clock: a node that stopped without leaving
+    stays in ``parley:nodes`` until another's heartbeat prunes it."""
+    return {node: expires - redis_now for node, expires in expiries.items() if expires > redis_now}
+
+
+def live_worker_nodes(client: redis.Redis) -> dict[str, float]:
+    """The live worker nodes (``--partitions auto``) and the seconds each one's heartbeat
+    has left: what ``parley status`` lists, and what ``parley demo --redis`` refuses to
+    run beside (they would take its webhooks)."""
+    seconds, micros = client.time()
+    return still_live(live_nodes(client), seconds + micros / 1e6)
 
 
 def read_state(client: redis.Redis, partitions: int) -> PipelineState:
@@ -58,8 +77,12 @@ def read_state(client: redis.Redis, partitions: int) -> PipelineState:
     pipe.xlen(DEAD_LETTERS)
     pipe.hgetall(LATENCY)
     pipe.get(RECOVERED)
+    pipe.zcard(TIMERS)
+    pipe.zrange(TIMERS, 0, 0, withscores=True)
     pipe.time()
-    *per_partition, nodes, logged, dead, latency, recovered, (seconds, micros) = pipe.execute()
+    *per_partition, nodes, logged, dead, latency, recovered, timers, first, (seconds, micros) = (
+        pipe.execute()
+    )
     redis_now = seconds + micros / 1e6  # heartbeats are scored on Redis's clock
     now = time.time()  # received_at is the ingress's
     rows = []
@@ -77,13 +100,11 @@ def read_state(client: redis.Redis, partitions: int) -> PipelineState:
         )
     return PipelineState(
         rows,
-        {
-            node.decode(): expires / 1000 - redis_now
-            for node, expires in nodes
-            if expires / 1000 > redis_now
-        },
+        still_live({node.decode(): expires / 1000 for node, expires in nodes}, redis_now),
         logged,
         dead,
         {key.decode(): value.decode() for key, value in latency.items()},
         int(recovered or 0),
+        timers,
+        first[0][1] / 1000 - redis_now if first else None,
     )

@@ -107,3 +107,42 @@ class ChaosHandler(WappaEventHandler):
 
 
 chaos = WappaBuilder().with_redis_cache().with_event_handler(ChaosHandler()).build()
+
+
+class TimerHandler(WappaEventHandler):
+    """Messages: ``"schedule <action> <key> <seconds>"``, ``"cancel <action> <key>"`` or
+    ``"<seq>"``. Every message and every timer run appends one event to the user's
+    ``events`` list (one atomic operation): ``["message", text]`` or ``["timer",
+    action, key, due_at, nonce, pid]``, so the user's order and each firing show."""
+
+    async def handle_message(self, webhook: Webhook) -> None:
+        text = webhook.get_message_text()
+        command, *args = text.split()
+        if command == "schedule":
+            action, key, seconds = args
+            await self.schedule(action, after=float(seconds), key=key, data={"text": text})
+        elif command == "cancel":
+            await self.cancel(args[0], key=args[1])
+        elif command == "sleep":  # a slow handler (an LLM call): the lane waits for it
+            await asyncio.sleep(float(args[0]))
+        await self.state_cache.append_to_list("events", "list", ["message", text])
+
+    async def handle_timer(self, webhook: Webhook) -> None:
+        timer = webhook.timer
+        assert timer is not None
+        await self.state_cache.append_to_list(
+            "events",
+            "list",
+            [
+                "timer",
+                timer.action,
+                timer.key,
+                timer.due_at.timestamp(),
+                webhook.message_id,
+                os.getpid(),
+                time.time(),
+            ],
+        )
+
+
+timers = WappaBuilder().with_redis_cache().with_event_handler(TimerHandler()).build()

@@ -13,10 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import click
 import httpx
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+from parley.cli import main
 from parley.testing import PHONE_ID, FakeGraphAPI, RedisServer, envelope
 from parley.testing import sign as signed_headers
 from parley.testing.deliveries import delivery, text_message
@@ -242,3 +244,21 @@ def serve_on_free_port(
         return process, port
 
     return on_free_port(start)
+
+
+def parse_parley(argv: list[str]) -> click.Context:
+    """Parse a ``parley ...`` command line with the real click CLI: an unknown option,
+    a missing required one or a bad value raises (and fails the test)."""
+    assert argv[0] == "parley", argv
+    args = argv[1:]
+    ctx = main.make_context("parley", list(args))
+    command: click.Command = main
+    while isinstance(command, click.Group):
+        options = [p for p in command.params if p.name not in ("help", "version")]
+        assert not options, "groups take no options but --help and --version"
+        name, *args = args
+        sub = command.get_command(ctx, name)
+        assert sub is not None, f"parley has no command {name!r}"
+        command = sub
+        ctx = command.make_context(name, list(args), parent=ctx)
+    return ctx

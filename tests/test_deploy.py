@@ -30,13 +30,12 @@ from honcho.environ import parse_procfile
 from pydantic import AliasChoices
 
 from parley.asgi import create_ingress
-from parley.cli import main
 from parley.testing import FakeGraphAPI, RedisServer, delivery, free_port, text_message
 from parley.testing.redis_server import PortTaken, on_free_port, port_taken
 from parley.workers.builder import ParleyApp, load_app
 from parley.workers.leases import holders, live_nodes
 from parley.workers.settings import Settings
-from tests.helpers import serve_on_free_port, sign, wait_for
+from tests.helpers import parse_parley, serve_on_free_port, sign, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -48,6 +47,7 @@ PROCFILE = ROOT / "Procfile"
 COMPOSE_ONLY = {
     "FLOWER_BASIC_AUTH": "Flower's login, user:password (Flower reads it from the environment)",
     "PARLEY_APP": "the workers' --app, MODULE:ATTR",
+    "PARLEY_APP_DIR": "the folder of the user's app, mounted at the workers' /srv/app",
     "REDIS_PASSWORD": "compose's redis service's password (--requirepass, in the Parley URLs)",
 }
 #: And the Procfile's: honcho sets PORT for each process type.
@@ -136,24 +136,6 @@ def argv_of(command: str | list[str], env: Mapping[str, str] | None = None) -> l
     if isinstance(command, list):
         return [substitute(part, env) for part in command]
     return shlex.split(substitute(command, env))
-
-
-def parse_parley(argv: list[str]) -> click.Context:
-    """Parse a ``parley ...`` command line with the real click CLI: an unknown option,
-    a missing required one or a bad value raises (and fails the test)."""
-    assert argv[0] == "parley", argv
-    args = argv[1:]
-    ctx = main.make_context("parley", list(args))
-    command: click.Command = main
-    while isinstance(command, click.Group):
-        options = [p for p in command.params if p.name not in ("help", "version")]
-        assert not options, "groups take no options but --help and --version"
-        name, *args = args
-        sub = command.get_command(ctx, name)
-        assert sub is not None, f"parley has no command {name!r}"
-        command = sub
-        ctx = command.make_context(name, list(args), parent=ctx)
-    return ctx
 
 
 @functools.cache
@@ -558,6 +540,70 @@ def test_dockerfile() -> None:
     ctx = parse_parley(json.loads(cmd))  # exec form
     assert ctx.info_name == "ingress" and ctx.params["port"] == 8000
     assert ctx.params["host"] == "0.0.0.0"  # reachable from outside the container
+
+
+def workdir(instructions: list[tuple[str, str]]) -> str:
+    """Where the image's commands run: its last WORKDIR."""
+    return [rest for kw, rest in instructions if kw == "WORKDIR"][-1]
+
+
+def test_a_users_app_is_mounted_or_copied_where_the_image_runs_commands() -> None:
+    """compose mounts the user's folder (PARLEY_APP_DIR) at the image's working folder,
+    and app/Dockerfile (FROM parley) copies it there: where `--app myapp:app` looks."""
+    home = workdir(dockerfile_instructions())
+    worker = compose()["services"]["worker"]
+    assert worker.get("working_dir", home) == home
+    mounts = [substitute(str(v)).split(":") for v in worker["volumes"]]
+    assert ["./app", home, "ro"] in mounts, mounts
+    assert (ROOT / "app" / "myapp.py").exists()
+    app_file = (ROOT / "app" / "Dockerfile").read_text()
+    lines = [line.split(None, 1) for line in app_file.splitlines() if line and line[0] != "#"]
+    assert lines[0] == ["FROM", "parley"], lines
+    copies = [shlex.split(rest) for kw, rest in lines if kw == "COPY"]
+    assert copies and copies[-1][-2:] == [".", f"{home}/"], copies
+
+
+@pytest.mark.timeout(120)
+def test_compose_worker_runs_the_users_app_from_its_mounted_folder(tmp_path: Path) -> None:
+    """The worker service's command, with PARLEY_APP=myapp:app as .env would set it, run
+    from a copy of the mounted folder (as in the container) against a real Redis."""
+    mounted = tmp_path / "srv-app"
+    shutil.copytree(ROOT / "app", mounted)
+    worker = compose()["services"]["worker"]
+    env = {"PARLEY_APP": "myapp:app", "WHATSAPP_TOKEN": "t", "REDIS_PASSWORD": REDIS_PASSWORD}
+    server = RedisServer().start()
+    log_path = tmp_path / "worker.log"
+    try:
+        process_env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("PARLEY_", "WHATSAPP_"))},
+            **{k: substitute(v, env) for k, v in service_env(worker).items()},
+            "PARLEY_REDIS_URL": server.url,  # the container's is redis:6379, with a password
+        }
+        argv = argv_of(worker["command"], env)
+        assert parse_parley(argv).params["app_path"] == "myapp:app"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [str(Path(sys.executable).parent / "parley"), *argv[1:]],
+                cwd=mounted,
+                env=process_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_for(
+                lambda: (
+                    process.poll() is None
+                    and f"holding {PARTITIONS} of {PARTITIONS} partitions" in log_path.read_text()
+                ),
+                timeout=60,
+                what=f"the worker to take the partitions:\n{log_path.read_text()[-3000:]}",
+            )
+            assert "app myapp:app" in log_path.read_text()
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0, log_path.read_text()[-3000:]
+    finally:
+        server.stop()
 
 
 # -- Procfile -------------------------------------------------------------------------------

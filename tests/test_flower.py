@@ -117,3 +117,22 @@ def test_flower_shows_nodes_partition_queues_and_safe_tasks(
         assert 'flower_events_total{task="' in metrics.text and "task-succeeded" in metrics.text
     finally:
         pipeline.close()
+
+
+def test_flower_shows_a_fired_timer_as_parley_timer(
+    flower: str, redis_server: RedisServer, tmp_path: Path, graph: FakeGraphAPI
+) -> None:
+    client = httpx.Client(base_url=flower, auth=AUTH, timeout=30)
+    pipeline = Pipeline(redis_server, tmp_path, graph)
+    try:
+        pipeline.start_worker("tests.apps:timers", "auto", "timed")
+        pipeline.publish("51987650000", "schedule remind cart 0")
+
+        def fired() -> list[dict[str, Any]]:
+            tasks = client.get("/api/tasks").json().values()
+            return [t for t in tasks if t["name"] == "parley.timer" and t["state"] == "SUCCESS"]
+
+        (task,) = wait_for(fired, timeout=60, what="the timer's task in Flower")
+        assert task["args"].startswith("tenant=") and "timer=timer." in task["args"]
+    finally:
+        pipeline.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import socket
 import uuid
 from pathlib import Path
@@ -17,7 +18,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from parley.asgi import create_ingress
-from parley.testing import PHONE_ID, RedisServer, delivery, envelope, text_message
+from parley.testing import PHONE_ID, RedisServer, delivery, envelope, free_port, text_message
 from parley.wire.keys import REPLAY_LOG, queue_name
 from parley.wire.messages import celery_message
 from parley.wire.partition import partition_for
@@ -414,3 +415,92 @@ def test_broker_elsewhere_publishes_through_celery(
     depths = [broker.llen(queue_name(k)) for k in range(PARTITIONS)]
     assert sum(depths) == 2 and queued(redis_server) == {}  # on the broker DB only
     assert redis_server.client(3).xlen(REPLAY_LOG) == 2
+
+
+# -- one log line per answer ------------------------------------------------------------------
+
+#: A message text that must never reach a log line
+TEXT = "pineapple-on-pizza-is-a-secret"
+
+
+def delivery_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [
+        record
+        for record in caplog.records
+        if record.name == "parley.ingress" and record.getMessage().startswith("delivery ")
+    ]
+
+
+def one_line(caplog: pytest.LogCaptureFixture, status: int, *words: str) -> str:
+    """The one log line of the answer just received, saying ``words``."""
+    lines = [record.getMessage() for record in delivery_lines(caplog)]
+    assert len(lines) == 1, (status, lines)
+    (line,) = lines
+    for word in (f"status={status}", "ms=", *words):
+        assert word in line, (word, line)
+    assert TEXT not in line, line
+    caplog.clear()
+    return line
+
+
+def status_after_partial_body(url: str, declared: int, sent: bytes) -> int:
+    """POST ``declared`` bytes but send only ``sent``; the status the ingress answers."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(
+            b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {declared}\r\n\r\n".encode()
+            + sent
+        )
+        return int(sock.makefile("rb").readline().split()[1])
+
+
+def test_every_answer_to_a_delivery_is_one_log_line_without_text(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="parley.ingress")
+    settings = make_settings(redis_url, allowed_phone_ids=PHONE_ID, body_timeout=0.5)
+    good = orjson.dumps(delivery([text_message("51900000101", TEXT, "wamid.LOGGED1")]))
+    stranger = orjson.dumps(
+        delivery([text_message("51900000102", TEXT, "wamid.LOGGED2")], phone_id="999")
+    )
+    page = orjson.dumps({"object": "page", "entry": [], "text": TEXT})
+    not_json = b"not json: " + TEXT.encode()
+    too_big = orjson.dumps(delivery([text_message("51900000103", TEXT * 3000)]))
+    with (
+        ServedApp(create_ingress(settings)) as served,
+        httpx.Client(base_url=served.url) as client,
+    ):
+        caplog.clear()
+        assert client.post("/webhook", content=good, headers=sign(good)).status_code == 200
+        one_line(caplog, 200, "outcome=accepted", "envelopes=1", "new=1", "duplicates=0", "LOGGED1")
+        assert client.post("/webhook", content=good, headers=sign(good)).status_code == 200
+        one_line(caplog, 200, "outcome=accepted", "new=0", "duplicates=1")
+        assert client.post("/webhook", content=good).status_code == 401
+        one_line(caplog, 401, "outcome=refused", "reason=bad_signature", f"bytes={len(good)}")
+        assert client.post("/webhook", content=not_json, headers=sign(not_json)).status_code == 400
+        one_line(caplog, 400, "reason=not_json")
+        assert client.post("/webhook", content=page, headers=sign(page)).status_code == 400
+        one_line(caplog, 400, "reason=not_whatsapp", "object must be")
+        answer = client.post("/webhook", content=stranger, headers=sign(stranger))
+        assert answer.status_code == 403
+        one_line(caplog, 403, "reason=phone_id_not_allowed", "tenants=999", "LOGGED2")
+        assert client.post("/webhook", content=too_big, headers=sign(too_big)).status_code == 413
+        one_line(caplog, 413, "reason=too_large", f"bytes={len(too_big)}")
+        chunks = iter([too_big[:40_000], too_big[40_000:]])  # chunked: no Content-Length
+        assert client.post("/webhook", content=chunks, headers=sign(too_big)).status_code == 413
+        one_line(caplog, 413, "reason=too_large")
+        assert status_after_partial_body(served.url, 100, b'{"object"') == 408
+        one_line(caplog, 408, "reason=slow_body", "bytes=9")
+    unreachable = make_settings(f"redis://127.0.0.1:{free_port()}")
+    with ServedApp(create_ingress(unreachable)) as served:
+        caplog.clear()
+        assert httpx.post(f"{served.url}/webhook", content=good, headers=sign(good)).is_error
+        one_line(caplog, 503, "outcome=unavailable", "reason=ConnectionError", "LOGGED1")
+    tiny_budget = make_settings(redis_url, max_buffered_bytes=8)
+    with ServedApp(create_ingress(tiny_budget)) as served:
+        caplog.clear()
+        answer = httpx.post(f"{served.url}/webhook", content=good, headers=sign(good))
+        assert answer.status_code == 503
+        one_line(caplog, 503, "outcome=refused", "reason=busy")
+    assert TEXT not in caplog.text

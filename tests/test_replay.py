@@ -164,6 +164,13 @@ def test_dead_letters_replay_after_the_fix(
         assert "ValueError" in listing and "*0001" in listing and "51950000001" not in listing
         first_id = dead.xrange(DEAD_LETTERS)[0][0].decode()
         assert "Traceback" in cli(redis_server, "dead", "show", first_id)
+        # the id people note from the listing, of the one that will fail again
+        noted = next(
+            entry_id.decode()
+            for entry_id, fields in dead.xrange(DEAD_LETTERS)
+            if b"always 3" in fields[b"envelope"]
+        )
+        assert noted in listing
 
         redis_server.client(2).hset(f"{PHONE_ID}:df:control", "fixed", b"true")
         cli(redis_server, "replay", "--dead", "--yes")
@@ -178,8 +185,11 @@ def test_dead_letters_replay_after_the_fix(
         (remaining,) = dead.xrange(DEAD_LETTERS)
         fields = {k.decode(): v.decode() for k, v in remaining[1].items()}
         assert fields["attempts"] == "2" and "always 3" in fields["envelope"]
+        assert remaining[0].decode() != noted and fields["id"] == noted  # a new entry, one id
+        shown = cli(redis_server, "dead", "show", noted)
+        assert f"id: {noted}\n" in shown and "attempts: 2\n" in shown
         assert "dead letters: 1" in cli(redis_server, "status")
-        cli(redis_server, "dead", "drop", "--all")
+        cli(redis_server, "dead", "drop", "--all", "--yes")
         assert dead.xlen(DEAD_LETTERS) == 0
     finally:
         worker.stop()

@@ -43,7 +43,7 @@ def runtime(redis_url: str) -> Iterator[tuple[Runtime, Probe]]:
     probe = Probe()
     app = (
         WappaBuilder()
-        .with_redis_cache(redis_url)
+        .with_redis_cache(redis_url, pipeline=True)
         .with_event_handler(probe)
         .with_settings(handler_timeout=0.5)
         .build()

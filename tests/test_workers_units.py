@@ -77,6 +77,65 @@ def test_builder_as_in_the_spec(tmp_path) -> None:  # type: ignore[no-untyped-de
     assert isinstance(redis_app.handler, WappaEventHandler)
 
 
+def test_code_overrides_the_environment_only_where_it_gives_a_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("WHATSAPP_TOKEN", "token-from-the-environment")
+    monkeypatch.setenv("WHATSAPP_PHONE_ID", "1065")
+    monkeypatch.setenv("PARLEY_REDIS_URL", "redis://pipeline-host:6379")
+    app = (
+        WappaBuilder()
+        .with_whatsapp(token="...", phone_id="", app_secret="<app secret>", verify_token="v" * 16)
+        .with_redis_cache("redis://cache-host:6379")
+        .build()
+    )
+    settings = app.settings
+    assert settings.whatsapp_token.get_secret_value() == "token-from-the-environment"
+    assert settings.whatsapp_phone_id == "1065"
+    assert settings.whatsapp_app_secret.get_secret_value() == ""  # neither gave one
+    assert settings.whatsapp_verify_token.get_secret_value() == "v" * 16
+    # the caches moved; the broker and the pipeline, which the ingress shares, did not
+    assert [settings.url_for(k) for k in ("user", "state", "table")] == [
+        "redis://cache-host:6379/0",
+        "redis://cache-host:6379/1",
+        "redis://cache-host:6379/2",
+    ]
+    assert settings.pipeline == settings.broker == "redis://pipeline-host:6379/3"
+    moved = WappaBuilder().with_redis_cache("redis://cache-host:6379", pipeline=True).build()
+    assert moved.settings.pipeline == moved.settings.broker == "redis://cache-host:6379/3"
+
+
+def test_a_db_number_in_the_base_url_is_refused_not_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(AppError, match=r"names DB 12.*remove the DB number"):
+        WappaBuilder().with_redis_cache("redis://h:6379/12")
+    with pytest.raises(AppError, match="is not a Redis URL"):
+        WappaBuilder().with_redis_cache("localhost:6379")
+    monkeypatch.setenv("PARLEY_REDIS_URL", "redis://h:6379/12")
+    with pytest.raises(ValueError, match=r"(?s)redis_url.*names DB 12.*PARLEY_PIPELINE_URL"):
+        Settings()
+    for kind in ("USER_CACHE", "PIPELINE"):  # a URL of one DB keeps its number
+        monkeypatch.setenv(f"PARLEY_{kind}_URL", "redis://h:6379/12")
+    monkeypatch.setenv("PARLEY_REDIS_URL", "redis://h:6379")
+    settings = Settings()
+    assert settings.url_for("user") == settings.pipeline == "redis://h:6379/12"
+
+
+def test_settings_read_the_current_folders_env_file_under_the_environment(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / ".env").write_text(
+        "# a comment\nPARLEY_PARTITIONS=8\nWHATSAPP_PHONE_ID=1065\nPARLEY_CONCURRENCY=3\n"
+        "UNRELATED=1\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PARLEY_CONCURRENCY", "5")
+    settings = Settings()
+    assert (settings.partitions, settings.whatsapp_phone_id) == (8, "1065")
+    assert settings.concurrency == 5  # the environment wins over .env
+
+
 def test_load_app_errors() -> None:
     assert isinstance(load_app("parley.examples.pizza:app"), ParleyApp)
     with pytest.raises(ValueError, match="MODULE:ATTR"):

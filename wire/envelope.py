@@ -8,7 +8,8 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict
 
-Kind = Literal["message", "status", "error"]
+#: A timer is a scheduled action of the app, fired into its user's lane (``parley.workers.timers``)
+Kind = Literal["message", "status", "error", "timer"]
 
 
 class Envelope(BaseModel):

@@ -20,6 +20,13 @@ REPLAY_LOG = "parley:log"
 DEAD_LETTERS = "parley:dead"
 #: Handler run times of finished envelopes, all nodes: a count per bucket, sum, count
 LATENCY = "parley:latency"
+#: What the ingress and the workers sharing this pipeline DB must agree on, and when each
+#: last started (a hash: see ``parley.workers.deployment``); also kept in a separate
+#: Redis broker's DB, to tell that it belongs to this pipeline
+DEPLOYMENT = "parley:deployment"
+#: Scheduled actions not yet fired: each timer's key (below), scored with its due time
+#: (epoch ms); claimed by one script, so one node fires each
+TIMERS = "parley:timers"
 #: Live worker nodes, each scored with the time (Redis's clock, ms) its heartbeat ends
 NODES = "parley:nodes"
 #: Published on after a node joins, leaves or releases leases: nodes re-balance at
@@ -52,6 +59,19 @@ def partition_of_queue(queue: str | None) -> int | None:
 def lease_key(partition: int) -> str:
     """Partition k's lease: the holder's node name, with an expiry."""
     return f"parley:lease:{partition}"
+
+
+def timer_key(tenant_id: str, user_id: str, action: str, key: str) -> str:
+    """One (user, action, key)'s timer: a hash of its envelope, Celery message, queue and
+    nonce. Scheduling it again replaces it; after it fires only its nonce stays, until its
+    handler ran (a cancel in between deletes it, and the firing is skipped)."""
+    parts = (
+        escape_id(tenant_id, "tenant_id"),
+        escape_id(user_id, "user_id"),
+        escape_id(action, "action"),
+        escape_id(key, "key") if key else "",
+    )
+    return "parley:timer:" + ":".join(parts)
 
 
 def inflight_key(partition: int) -> str:

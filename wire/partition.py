@@ -8,6 +8,7 @@ and worker agrees on where a user lives.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 
 
 def partition_for(tenant_id: str, user_id: str, partitions: int) -> int:
@@ -40,3 +41,16 @@ def parse_partitions(spec: str, partitions: int) -> list[int]:
     if not chosen:
         raise ValueError(f"no partitions in {spec!r}")
     return sorted(chosen)
+
+
+def format_partitions(partitions: Iterable[int]) -> str:
+    """``[0, 1, 2, 3, 7, 9, 10]`` → ``"0-3,7,9-10"``: ``parse_partitions``'s syntax."""
+    spans: list[str] = []
+    ordered = sorted(set(partitions))
+    start = 0
+    for i, k in enumerate(ordered):
+        if i + 1 == len(ordered) or ordered[i + 1] != k + 1:
+            first = ordered[start]
+            spans.append(str(k) if first == k else f"{first}-{k}")
+            start = i + 1
+    return ",".join(spans)

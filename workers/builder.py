@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 from dataclasses import dataclass
 from functools import cached_property
@@ -14,8 +15,13 @@ from pathlib import Path
 from typing import Any, Self
 
 from parley.cache import CacheFactory, create_cache_factory
+from parley.cache.redis import redact
+from parley.cache.settings import DEFAULT_DB, REDIS_SCHEMES, base_url_problem, with_db
 from parley.workers.handler import WappaEventHandler
 from parley.workers.settings import Settings
+
+#: What stands in for a value in snippets and tutorials: it never overrides a real one
+PLACEHOLDER = re.compile(r"\s*(\.\.\.|…|<[^<>]*>|\{[^{}]*\}|)\s*")
 
 
 @dataclass
@@ -45,7 +51,9 @@ class WappaBuilder:
         api_base: str | None = None,
         api_version: str | None = None,
     ) -> Self:
-        """Cloud API access; unset values come from ``WHATSAPP_*``. ``business_id`` is
+        """Cloud API access. A value given here overrides its ``WHATSAPP_*`` variable;
+        one left out, or a placeholder (``"..."``, ``""``, ``"<token>"``, as in the
+        spec's snippets), leaves the environment's in force. ``business_id`` is
         accepted for the spec's calls and not needed by Parley."""
         given = {
             "whatsapp_token": token,
@@ -55,7 +63,9 @@ class WappaBuilder:
             "whatsapp_api_base": api_base,
             "whatsapp_api_version": api_version,
         }
-        self._overrides.update({k: v for k, v in given.items() if v is not None})
+        self._overrides.update(
+            {k: v for k, v in given.items() if v is not None and not PLACEHOLDER.fullmatch(v)}
+        )
         return self
 
     def with_memory_cache(self) -> Self:
@@ -68,10 +78,23 @@ class WappaBuilder:
             self._overrides["json_cache_dir"] = Path(directory)
         return self
 
-    def with_redis_cache(self, url: str | None = None) -> Self:
+    def with_redis_cache(self, url: str | None = None, *, pipeline: bool = False) -> Self:
+        """The caches on Redis: on ``url`` (DBs 0, 1, 2 there) when given, else where
+        the environment says. Only the caches move: the broker and the pipeline stay
+        on ``PARLEY_REDIS_URL`` (or their own variables), which the ingress reads too,
+        unless ``pipeline=True`` moves them to ``url`` (DB 3) as well, for a worker and
+        an ingress that both say so."""
         self._cache_backend = "redis"
-        if url is not None:
+        if url is None:
+            return self
+        if not url.startswith(REDIS_SCHEMES) or (problem := base_url_problem(url)):
+            problem = "is not a Redis URL" if not url.startswith(REDIS_SCHEMES) else problem
+            raise AppError(f"with_redis_cache({redact(url)!r}) {problem}")
+        for kind, db in DEFAULT_DB.items():
+            self._overrides[f"{kind}_cache_url"] = with_db(url, db)
+        if pipeline:
             self._overrides["redis_url"] = url
+            self._overrides["broker_url"] = self._overrides["pipeline_url"] = None
         return self
 
     def with_event_handler(self, handler: WappaEventHandler | type[WappaEventHandler]) -> Self:
@@ -104,6 +127,8 @@ def load_app(path: str) -> ParleyApp:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
+    except AppError:  # the app's builder found a mistake: its message says which
+        raise
     except ModuleNotFoundError as exc:
         where = "" if exc.name != module_name else f" (looked in {os.getcwd()} and sys.path)"
         raise AppError(f"--app {path}: cannot import {module_name}: {exc}{where}") from exc

@@ -15,12 +15,23 @@ the pool only decides *when* Celery's ``apply_target`` runs.
 
 Each message also counts against its partition (from the queue it came from), so a
 hand-over can wait for the partition's lanes to drain before releasing its lease.
+
+On RabbitMQ the ack (or reject) of each message is sent from the consumer's own thread,
+never from the pool thread that ran it: an AMQP channel is not thread-safe, and kombu's
+reader puts the connection's socket in non-blocking mode while it reads, so an ack
+written from another thread at that moment can fail half-sent or be lost — the message
+then stays unacked, holding its prefetch slot and its queue. The pool thread hands the
+end of its message (Celery's callback, then leaving the lane) to the consumer's loop
+(kombu's hub, woken at once); while the loop is stopped (a warm shutdown draining the
+lanes), the thread waiting for the drain runs them itself. The Redis transport keeps
+acking on the pool thread: its acks are Redis commands on a thread-safe client.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -53,6 +64,10 @@ class Lanes:
         self._waiting: dict[Lane, deque[Callable[[], object]]] = {}
         self._unfinished: Counter[int | None] = Counter()
         self._on_drained: dict[int | None, list[Callable[[], object]]] = {}
+        #: ends of messages to run on the consumer's thread (``settle_later``)
+        self._settling: deque[Callable[[], object]] = deque()
+        #: one thread at a time sends acks (the loop, or the thread draining it)
+        self._settle_lock = threading.Lock()
 
     def enter(self, lane: Lane, partition: int | None, start: Callable[[], object]) -> None:
         """Run ``start`` now if ``lane`` is free, else when the lane's earlier messages left."""
@@ -92,10 +107,39 @@ class Lanes:
                 return
         callback()
 
+    def settle_later(self, end: Callable[[], object]) -> None:
+        """Queue a message's end (its ack, then leaving its lane) for ``settle``, which
+        the consumer's thread runs (any thread)."""
+        with self._lock:
+            self._settling.append(end)
+            self._changed.notify_all()
+
+    def settle(self) -> None:
+        """Run every queued end, in the order queued (the consumer's thread)."""
+        with self._settle_lock:
+            while True:
+                with self._lock:
+                    if not self._settling:
+                        return
+                    end = self._settling.popleft()
+                end()
+
     def wait_drained(self, timeout: float | None = None) -> bool:
-        """Block until nothing is unfinished on this node; False if ``timeout`` passed."""
-        with self._changed:
-            return self._changed.wait_for(lambda: not self._unfinished, timeout)
+        """Block until nothing is unfinished on this node; False if ``timeout`` passed.
+        Runs the queued ends meanwhile: the caller is the consumer's thread, whose loop
+        is stopped while it waits."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self.settle()
+            with self._changed:
+                if not self._unfinished:
+                    return True
+                if self._settling:
+                    continue
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._changed.wait(left)
 
     def unfinished(self) -> dict[int | None, int]:
         with self._lock:
@@ -147,12 +191,28 @@ def lane_of(task_id: str, body: Any, content_type: str | None) -> Lane:
     return ("task", task_id)
 
 
+def settles_on_consumer(app: Celery) -> bool:
+    """Whether messages of this app's broker must be acked on the consumer's thread:
+    every transport but Redis and the in-memory one (their acks are thread-safe)."""
+    with app.connection_for_read() as connection:  # not connected: only its transport
+        driver: str = connection.transport.driver_type
+    return driver not in ("redis", "memory")
+
+
 class LanePool(ThreadTaskPool):  # type: ignore[misc]  # celery has no type hints
     """Celery's thread pool, running each lane's messages one at a time, in order."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.lanes = Lanes()
+        #: the consumer's loop, when messages must be settled on its thread (AMQP)
+        self.hub: Any = None
+        self.settle_on_consumer = self.app is not None and settles_on_consumer(self.app)
+
+    def register_with_event_loop(self, loop: Any) -> None:
+        super().register_with_event_loop(loop)
+        if self.settle_on_consumer:
+            self.hub = loop
 
     def on_apply(
         self,
@@ -168,15 +228,34 @@ class LanePool(ThreadTaskPool):  # type: ignore[misc]  # celery has no type hint
         lane = lane_of(task_id, body, content_type)
         partition = partition_of_queue(request.get("delivery_info", {}).get("routing_key"))
         ended: Future[None] = Future()
+        hub = self.hub
+        outcome: list[Any] = []
 
-        def run() -> None:
+        def end() -> None:
             try:
-                apply_target(target, args, kwargs, callback, accept_callback)
-            except BaseException:  # the task's own errors never get here: Celery's tracer
-                log.exception("task %s failed outside its handler", task_id)
+                if outcome and callback is not None:
+                    callback(outcome[0])  # Celery's on_success: the ack (or reject)
+            except BaseException:
+                log.exception("task %s could not be acknowledged", task_id)
             finally:
                 ended.set_result(None)
                 self.lanes.leave(lane, partition)
+
+        def run() -> None:
+            try:
+                if hub is None:
+                    apply_target(target, args, kwargs, callback, accept_callback)
+                else:  # the callback acks: it runs in ``end``, on the consumer's thread
+                    apply_target(target, args, kwargs, outcome.append, accept_callback)
+            except BaseException:  # the task's own errors never get here: Celery's tracer
+                log.exception("task %s failed outside its handler", task_id)
+            finally:
+                if hub is None:
+                    ended.set_result(None)
+                    self.lanes.leave(lane, partition)
+                else:
+                    self.lanes.settle_later(end)
+                    hub.call_soon(self.lanes.settle)  # thread-safe: wakes the loop
 
         self.lanes.enter(lane, partition, lambda: self.executor.submit(run))
         return ApplyResult(ended)

@@ -31,6 +31,7 @@ import redis
 from celery import Celery, bootsteps, signals
 
 from parley.wire.keys import NODES, OWNERSHIP_CHANNEL, queue_name
+from parley.wire.partition import format_partitions
 from parley.workers import private_api
 from parley.workers.lanes import Lanes, wait_for_lanes
 from parley.workers.leases import Leases, assignment
@@ -99,6 +100,7 @@ class Coordinator:
         self.companions: list[Companion] = []
         self._thread: threading.Thread | None = None
         self._listener: Any = None
+        self._announced: frozenset[int] = frozenset()  # what the last summary line said
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -185,6 +187,21 @@ class Coordinator:
             if self.leases.acquire(partition):
                 self.valid_until[partition] = asked + self.ttl - self.margin
                 self._take(partition)
+        self._announce()
+
+    def _announce(self) -> None:
+        """One line when the partitions this node holds change, not one per partition
+        (16 at a node's start): what an operator reads to see where users went."""
+        with self.lock:
+            held = frozenset(k for k, phase in self.phases.items() if phase is not Phase.DROPPING)
+        if held != self._announced:
+            self._announced = held
+            log.info(
+                "holding %d of %d partitions: %s",
+                len(held),
+                self.partitions,
+                format_partitions(held) or "none",
+            )
 
     def holds(self, partition: int) -> bool:
         """Whether this node surely still holds ``partition``'s lease: no other node
@@ -254,7 +271,7 @@ class Coordinator:
                 return  # dropped meanwhile
             private_api.consume(self.consumer, queue_name(partition))
             self.phases[partition] = Phase.HELD
-        log.info("partition %d: consuming", partition)
+        log.debug("partition %d: consuming", partition)
 
     def _drop(self, partition: int) -> None:
         with self.lock:
@@ -322,7 +339,7 @@ class Coordinator:
         except redis.RedisError as exc:
             log.warning("could not release leases (they will expire): %s", exc)
         if partitions:
-            log.info("released partitions %s", ",".join(map(str, partitions)))
+            log.info("released partitions %s", format_partitions(partitions))
 
 
 def install(app: Celery, coordinator: Coordinator) -> None:

@@ -49,19 +49,28 @@ from parley.workers.pipeline import (
     PipelineStore,
     RedisPipelineStore,
 )
+from parley.workers.timers import RedisTimers, TimerPump, Timers, TimerStore, TimerUnavailable
 from parley.workers.watchdog import LoopWatchdog
 from parley.workers.webhook import Webhook
 
 log = logging.getLogger("parley.worker")
 
 #: Failures of the outside world rather than of the handler's code
-TRANSIENT = (TransientFailure, CacheUnavailableError, MessengerTransientError, RedisError)
+TRANSIENT = (
+    TransientFailure,
+    CacheUnavailableError,
+    MessengerTransientError,
+    TimerUnavailable,
+    RedisError,
+)
 
 
-async def dispatch(app: ParleyApp, envelope: Envelope, messenger: Any, calls: Calls) -> None:
+async def dispatch(
+    app: ParleyApp, envelope: Envelope, messenger: Any, calls: Calls, timers: Timers
+) -> None:
     """Run the app's handler for one envelope, on a copy of the handler that carries this
-    webhook's context: caches scoped to its tenant and user, the messenger, a logger.
-    Every cache operation and Graph API request goes through ``calls``."""
+    webhook's context: caches scoped to its tenant and user, the messenger, its timers,
+    a logger. Every cache operation, Graph API request and timer goes through ``calls``."""
     webhook = Webhook.from_envelope(envelope)
     handler = copy.copy(app.handler)
     factory = app.cache_factory(
@@ -74,6 +83,7 @@ async def dispatch(app: ParleyApp, envelope: Envelope, messenger: Any, calls: Ca
         handler.user_cache = factory.create_user_cache()
     handler.table_cache = factory.create_table_cache()
     handler.messenger = messenger.for_tenant(envelope.tenant_id, calls)
+    handler.timers = timers
     handler.logger = logging.LoggerAdapter(
         logging.getLogger(f"parley.app.{type(handler).__name__}"),
         {"tenant_id": envelope.tenant_id, "user": mask_user_id(envelope.user_id)},
@@ -82,6 +92,8 @@ async def dispatch(app: ParleyApp, envelope: Envelope, messenger: Any, calls: Ca
         await handler.handle_message(webhook)
     elif envelope.kind == "status":
         await handler.handle_status(webhook)
+    elif envelope.kind == "timer":
+        await handler.handle_timer(webhook)
     else:
         await handler.handle_error(webhook)
 
@@ -106,8 +118,9 @@ class Runtime:
         node: str | None = None,
         *,
         pipeline: PipelineStore | None = None,
+        timers: TimerStore | None = None,
     ) -> None:
-        """``pipeline`` replaces Redis for ``parley demo`` without a server."""
+        """``pipeline`` and ``timers`` replace Redis for ``parley demo`` without a server."""
         self.app = app
         self.settings = app.settings
         self.node = node or f"parley-{os.getpid()}@{socket.gethostname()}"
@@ -115,6 +128,10 @@ class Runtime:
         self.pipeline: PipelineStore = pipeline or RedisPipelineStore(
             Redis.from_url(self.settings.pipeline), self.settings.done_ttl
         )
+        self.timers: TimerStore = timers or RedisTimers.connect(self.settings)
+        #: fires due timers; started by the worker (``start_timers``), which also tells
+        #: it how to publish when the broker is not the pipeline DB
+        self.pump = TimerPump(self.timers)
         self.messenger = WhatsAppMessenger(
             self.settings.whatsapp_token.get_secret_value(),
             self.settings.whatsapp_phone_id,
@@ -151,6 +168,13 @@ class Runtime:
             asyncio.run_coroutine_threadsafe(self.app.handler.on_startup(), self.loop).result()
             self.watchdog.start()
 
+    def start_timers(self, publish: Callable[[Envelope], object]) -> None:
+        """Fire this deployment's due timers from this process too (every node does;
+        the claim makes each fire once). ``publish`` sends one through Celery when the
+        broker is not the pipeline DB."""
+        self.pump.publish = publish
+        self.pump.start()
+
     def run(self, coro: Any) -> Any:
         """Run ``coro`` on the process's loop and wait for its result (from any thread
         but the loop's own)."""
@@ -172,11 +196,13 @@ class Runtime:
             if started:
                 await self.app.handler.on_shutdown()
             await self.messenger.aclose()
+            self.timers.close()
             if self._broker is not None:
                 self._broker.close()
             await self.pipeline.aclose()
             await close_pools()
 
+        self.pump.stop()
         if self._thread is None:
             self.loop.run_until_complete(_close())
         else:
@@ -228,8 +254,9 @@ class Runtime:
         return await calls.call(f"{what} in the pipeline DB", op)
 
     async def process(self, raw: dict[str, Any]) -> str:
-        """Handle one envelope: ``done``, ``duplicate``, ``dead``, ``not owner`` or
-        ``abandoned`` (left in flight for the partition's next owner)."""
+        """Handle one envelope: ``done``, ``duplicate``, ``dead``, ``not owner``,
+        ``cancelled`` (a timer cancelled or moved after it fired) or ``abandoned`` (left
+        in flight for the partition's next owner)."""
         envelope = Envelope.from_json(raw)
         partition = partition_for(envelope.tenant_id, envelope.user_id, self.settings.partitions)
         started = await self._bookkeeping(
@@ -280,9 +307,21 @@ class Runtime:
         raises dead-letters the envelope, unless it was abandoned."""
         t0 = time.perf_counter()
         calls = self._calls(envelope, partition)
+        timer = envelope.kind == "timer" and envelope.replay_id is None
+        if timer and not await self._bookkeeping(
+            "timer check", envelope, lambda: self.timers.is_current(envelope)
+        ):
+            await self._bookkeeping(
+                "finish", envelope, lambda: self.pipeline.finish(envelope, partition, 0.0)
+            )
+            log.info("skipped %s: cancelled or scheduled again", task_repr(envelope))
+            return "cancelled"
+        timers = Timers(
+            self.timers, envelope.tenant_id, envelope.user_id, calls.call, self.pump.scheduled
+        )
         try:
             async with asyncio.timeout(self.settings.handler_timeout):  # no extra Task
-                await dispatch(self.app, envelope, self.messenger, calls)
+                await dispatch(self.app, envelope, self.messenger, calls, timers)
         except Exception as exc:  # a bug, bad data, a timeout or an outage past its deadline
             if calls.fence is not None:
                 calls.fence()  # froze past the lease (the "timeout" was the freeze): abandon
@@ -301,6 +340,8 @@ class Runtime:
                     reason,
                 ),
             )
+            if timer:
+                await self._bookkeeping("timer", envelope, lambda: self.timers.settle(envelope))
             log.error(
                 "dead-lettered %s as %s (%s): %s: %s",
                 task_repr(envelope),
@@ -314,6 +355,8 @@ class Runtime:
         await self._bookkeeping(
             "finish", envelope, lambda: self.pipeline.finish(envelope, partition, seconds)
         )
+        if timer:
+            await self._bookkeeping("timer", envelope, lambda: self.timers.settle(envelope))
         log.info("handled %s in %.1f ms", task_repr(envelope), seconds * 1000)
         return "done"
 

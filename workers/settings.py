@@ -21,9 +21,7 @@ UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 class Settings(CacheSettings):
     # a bad value is named, never echoed: it may be a token
-    model_config = SettingsConfigDict(
-        env_prefix="PARLEY_", extra="ignore", populate_by_name=True, hide_input_in_errors=True
-    )
+    model_config = SettingsConfigDict(**CacheSettings.model_config, hide_input_in_errors=True)
 
     broker_url: str | None = None
     pipeline_url: str | None = None

@@ -240,8 +240,19 @@ def _timestamp(raw: Any) -> datetime:
         return datetime.now(UTC)
 
 
+class TimerInfo(BaseModel):
+    """A fired timer (``handle_timer``): what the handler scheduled, and when."""
+
+    action: str
+    key: str = ""
+    data: dict[str, Any] = {}
+    due_at: datetime
+    scheduled_at: datetime
+
+
 class Webhook(BaseModel):
-    """What a handler receives: one message, status or error block of one tenant."""
+    """What a handler receives: one message, status or error block of one tenant, or a
+    timer it scheduled for a user."""
 
     tenant_id: str
     user: WebhookUser
@@ -252,6 +263,7 @@ class Webhook(BaseModel):
     raw: dict[str, Any]
     replay_id: str | None = None
     errors: list[MetaError] = []
+    timer: TimerInfo | None = None
 
     @property
     def is_replay(self) -> bool:
@@ -286,6 +298,20 @@ class Webhook(BaseModel):
                 message_type=status["status"],
                 timestamp=_timestamp(status.get("timestamp")),
                 errors=[MetaError.parse(e) for e in status.get("errors") or []],
+                **common,
+            )
+        if envelope.kind == "timer":
+            return cls(
+                message_id=envelope.event_id,
+                message_type="timer",
+                timestamp=datetime.fromtimestamp(envelope.received_at, UTC),
+                timer=TimerInfo(
+                    action=payload["action"],
+                    key=payload.get("key", ""),
+                    data=payload.get("data") or {},
+                    due_at=datetime.fromtimestamp(payload["due_at"], UTC),
+                    scheduled_at=datetime.fromtimestamp(payload["scheduled_at"], UTC),
+                ),
                 **common,
             )
         return cls(

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -57,11 +59,29 @@ def _shape_error(body: dict[str, Any]) -> str | None:
     return None
 
 
+class _Server(ThreadingHTTPServer):
+    """A client that hangs up before its answer is written (it timed out, as the
+    messenger's retry tests make it) is counted, not printed: socketserver would print a
+    BrokenPipeError traceback into the test output for each."""
+
+    daemon_threads = True
+    on_hangup: Callable[[], None] = staticmethod(lambda: None)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):  # broken pipe, reset, aborted
+            self.on_hangup()
+            return
+        super().handle_error(request, client_address)
+
+
 class FakeGraphAPI:
     def __init__(self, token: str = "test-token") -> None:
         self.token = token
         self.sent: list[SentMessage] = []
         self.requests = 0
+        #: Requests whose client hung up before the answer was written (a client that
+        #: timed out: what a retry test makes happen on purpose)
+        self.hangups = 0
         self._failures: list[tuple[int, float | None, float]] = []
         self._outage: tuple[int, frozenset[str] | None] | None = None
         self._changed = threading.Condition()
@@ -126,9 +146,14 @@ class FakeGraphAPI:
                     },
                 )
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), Handler)
+        self._server.on_hangup = self._hung_up
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def _hung_up(self) -> None:
+        with self._changed:
+            self.hangups += 1
+            self._changed.notify_all()
 
     @property
     def url(self) -> str:
