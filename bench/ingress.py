@@ -1,11 +1,18 @@
 """Accepted signed webhooks/s and p50/p99 latency of the real ingress (uvicorn, one
-worker, Redis), next to a bare FastAPI route on the same server settings, same run.
+worker), next to a bare FastAPI route on the same server settings, same run.
+
+``--broker redis`` (the default): the broker is the pipeline DB, and one Lua script
+dedups, logs and enqueues. ``--broker amqp``: the broker is a vhost made for the run on
+the machine's RabbitMQ (127.0.0.1:5672, guest/guest; deleted after): the script dedups
+and logs, then the ingress publishes each new envelope through Celery with publisher
+confirms and answers once RabbitMQ confirmed.
 
 Load comes from wrk (``apt-get install -y wrk``) with 32 connections, cycling through
 pre-signed ~1.2 KB deliveries that each carry a new message id, so every request is
 a new webhook (no dedup shortcut).
 
-    python -m bench.ingress [--seconds S] [--connections C] [--requests N]
+    python -m bench.ingress [--broker redis|amqp] [--seconds S] [--connections C]
+                            [--requests N]
 """
 
 from __future__ import annotations
@@ -18,12 +25,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import orjson
 
 from parley.testing import RedisServer, delivery, free_port, sign, text_message
+from parley.wire.keys import queue_name
+from parley.workers.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-3f8a0c6e9d21b7"
@@ -134,9 +145,42 @@ def wrk(
     }
 
 
-def main(seconds: int, connections: int, distinct: int) -> None:
+@contextmanager
+def amqp_broker() -> Iterator[tuple[str, Callable[[], int]]]:
+    """A vhost of the run's own on the machine's RabbitMQ: its URL, and what counts
+    the messages on its partition queues; deleted after."""
+    from tests.rabbitmq import UNAVAILABLE, Admin, answers, private_vhost, queue_depths
+
+    if not answers():
+        sys.exit(f"Error: --broker amqp: {UNAVAILABLE}")
+    admin = Admin()
+    partitions = Settings.model_fields["partitions"].default
+    queues = [queue_name(k) for k in range(partitions)]
+    try:
+        with private_vhost(admin, "parley-bench") as url:
+            yield url, lambda: sum(ready for ready, _ in queue_depths(url, queues).values())
+    finally:
+        admin.close()
+
+
+def main(seconds: int, connections: int, distinct: int, broker: str) -> None:
     if shutil.which("wrk") is None:
         sys.exit("bench/ingress.py needs wrk: apt-get install -y wrk")
+    if broker == "amqp":
+        with amqp_broker() as (url, queued):
+            run(seconds, connections, distinct, broker, url, queued)
+    else:
+        run(seconds, connections, distinct, broker, "", lambda: 0)
+
+
+def run(
+    seconds: int,
+    connections: int,
+    distinct: int,
+    broker: str,
+    broker_url: str,
+    queued: Callable[[], int],
+) -> None:
     server = RedisServer().start()
     folder = Path(tempfile.mkdtemp())
     processes: list[subprocess.Popen[bytes]] = []
@@ -145,6 +189,8 @@ def main(seconds: int, connections: int, distinct: int) -> None:
         script = folder / "post.lua"
         script.write_text(LUA)
         env = {"PARLEY_REDIS_URL": server.url, "WHATSAPP_APP_SECRET": SECRET}
+        if broker_url:
+            env["PARLEY_BROKER_URL"] = broker_url
         bare_port, ingress_port = free_port(), free_port()
         uvicorn_flags = ["--workers", "1", "--log-level", "warning"]
         processes.append(
@@ -186,21 +232,33 @@ def main(seconds: int, connections: int, distinct: int) -> None:
         bare = wrk(bare_port, seconds, connections, script, requests)
         ours = wrk(ingress_port, seconds, connections, script, requests)
         accepted = server.client(3).xlen("parley:log")
-        print(f"uvicorn 1 worker, wrk -t2 -c{connections} -d{seconds}s, ~1.2 KB signed bodies")
+        where = "RabbitMQ vhost, publisher confirms" if broker == "amqp" else "pipeline Redis"
+        print(
+            f"uvicorn 1 worker, wrk -t2 -c{connections} -d{seconds}s, ~1.2 KB signed bodies, "
+            f"broker: {broker} ({where})"
+        )
         print(f"{'endpoint':<22}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
         print(
             f"{'bare FastAPI 200':<22}{bare['rps']:>9.0f}{bare['p50']:>9.2f}{bare['p99']:>9.2f}"
             f"{bare['errors']:>9.0f}"
         )
         print(
-            f"{'parley ingress':<22}{ours['rps']:>9.0f}{ours['p50']:>9.2f}{ours['p99']:>9.2f}"
-            f"{ours['errors']:>9.0f}"
+            f"{'parley ingress ' + broker:<22}{ours['rps']:>9.0f}{ours['p50']:>9.2f}"
+            f"{ours['p99']:>9.2f}{ours['errors']:>9.0f}"
         )
         print(f"webhooks accepted into the replay log and queues: {accepted}")
-        for name, run in (("bare FastAPI", bare), ("parley ingress", ours)):
-            if run["errors"]:
+        if broker == "amqp":
+            on_queues = queued()
+            print(f"messages on the vhost's partition queues: {on_queues}")
+            if on_queues != accepted:
                 sys.exit(
-                    f"Error: {name} answered {run['errors']:.0f} requests with a non-2xx "
+                    f"Error: {accepted} webhooks accepted but {on_queues} messages on the "
+                    "broker's queues: the figures are invalid"
+                )
+        for name, figures in (("bare FastAPI", bare), ("parley ingress", ours)):
+            if figures["errors"]:
+                sys.exit(
+                    f"Error: {name} answered {figures['errors']:.0f} requests with a non-2xx "
                     "status, or ran out of distinct requests (raise --requests): the figures "
                     "are invalid"
                 )
@@ -220,6 +278,12 @@ def main(seconds: int, connections: int, distinct: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--broker",
+        choices=["redis", "amqp"],
+        default="redis",
+        help="redis: the pipeline DB (one script enqueues); amqp: a RabbitMQ vhost of the run",
+    )
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument(
@@ -229,4 +293,4 @@ if __name__ == "__main__":
         help="distinct signed deliveries, split between wrk's threads; each is sent once",
     )
     args = parser.parse_args()
-    main(args.seconds, args.connections, args.requests)
+    main(args.seconds, args.connections, args.requests, args.broker)

@@ -5,13 +5,15 @@ it builds the very message Celery's Redis transport would (``parley.wire.message
 and a Lua script dedups, appends to the replay log and LPUSHes onto the partition
 queue — where workers consume it as an ordinary task. That needs the broker and the
 pipeline in the same Redis DB (the default); otherwise the ingress logs and dedups
-with a script, then publishes through Celery (the ``publish`` it is given), and
-undoes the marks if publishing fails.
+with a script, then publishes through Celery (the ``publish`` it is given: on
+RabbitMQ it returns once the broker confirmed), and undoes the marks of what it could
+not publish.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -25,8 +27,22 @@ from parley.wire.messages import celery_message
 from parley.wire.partition import partition_for
 from parley.workers.settings import Settings
 
-#: Sends one envelope to its partition queue through Celery (``parley.workers.celery``)
+#: Sends one envelope to its partition queue through Celery (``parley.workers.celery``),
+#: returning once the broker has it; blocking (called off the event loop), and bounded
 Publish = Callable[[Envelope], object]
+#: Seconds one delivery's publishing may take at most before the ingress answers 503;
+#: ``create_publisher`` bounds each message itself, this bounds the whole
+PUBLISH_DEADLINE = 10.0
+
+
+class PublishTimeout(TimeoutError):
+    """Publishing a delivery's envelopes took longer than the deadline."""
+
+    def __init__(self, deadline: float, published: int, total: int) -> None:
+        super().__init__(
+            f"publishing to the broker took over {deadline}s "
+            f"({published} of {total} envelope(s) confirmed)"
+        )
 
 
 class Accept(Protocol):
@@ -53,9 +69,16 @@ class Acceptor:
     #: envelopes in one script call at most
     CHUNK = 256
 
-    def __init__(self, client: Redis, settings: Settings, publish: Publish | None = None) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        settings: Settings,
+        publish: Publish | None = None,
+        publish_deadline: float = PUBLISH_DEADLINE,
+    ) -> None:
         self.client = client
         self.settings = settings
+        self.publish_deadline = publish_deadline
         self.one_round_trip = settings.broker == settings.pipeline
         if not self.one_round_trip and publish is None:
             raise ValueError("a broker other than the pipeline DB needs a Celery publisher")
@@ -146,24 +169,56 @@ class Acceptor:
     async def _accept_then_publish(
         self, envelopes: list[Envelope], keys: list[str], args: list[Any]
     ) -> list[str | None]:
+        """Dedup and log in one script call, then publish the new envelopes in order on
+        a thread (a confirm is a broker round trip: the event loop serves other
+        deliveries meanwhile). If publishing fails or overruns the deadline, the ones
+        not confirmed lose their seen mark and replay-log entry — as if never accepted,
+        so Meta's retry of the delivery publishes them — and the error propagates (503);
+        the ones confirmed before stay accepted, so the retry finds them duplicates and
+        does not enqueue them twice."""
         keys = [REPLAY_LOG, *keys]
         args = [self.settings.dedup_ttl, *self._retention(), *args]
         ids = [
             i.decode() if i else None for i in await evalsha(self.client, self._script, keys, args)
         ]
+        fresh = [(e, log_id) for e, log_id in zip(envelopes, ids, strict=True) if log_id]
+        if not fresh or self.publish is None:
+            return ids
+        publish = self.publish
+        confirmed = 0
+        abandoned = threading.Event()
+
+        def publish_in_order() -> None:
+            nonlocal confirmed
+            for envelope, _ in fresh:
+                if abandoned.is_set():  # the deadline passed: the rest are undone
+                    return
+                publish(envelope)
+                confirmed += 1
+
         try:
-            for envelope, log_id in zip(envelopes, ids, strict=True):
-                if log_id and self.publish is not None:
-                    self.publish(envelope)
-        except Exception:
-            async with self.client.pipeline(transaction=True) as pipe:
-                for envelope, log_id in zip(envelopes, ids, strict=True):
-                    if log_id:
-                        pipe.delete(seen_key(envelope))
-                        pipe.xdel(REPLAY_LOG, log_id)
-                await pipe.execute()
+            try:
+                async with asyncio.timeout(self.publish_deadline):
+                    await asyncio.to_thread(publish_in_order)
+            except TimeoutError:
+                abandoned.set()
+                raise PublishTimeout(self.publish_deadline, confirmed, len(fresh)) from None
+        except BaseException:
+            abandoned.set()
+            await self._undo(fresh[confirmed:])
             raise
         return ids
+
+    async def _undo(self, entries: list[tuple[Envelope, str]]) -> None:
+        """Forget envelopes accepted by the script but not published: their seen marks
+        and replay-log entries (an entry stands for an envelope on a queue)."""
+        if not entries:
+            return
+        async with self.client.pipeline(transaction=True) as pipe:
+            for envelope, log_id in entries:
+                pipe.delete(seen_key(envelope))
+                pipe.xdel(REPLAY_LOG, log_id)
+            await pipe.execute()
 
 
 class MemoryAcceptor:

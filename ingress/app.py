@@ -2,8 +2,9 @@
 
 ``POST /webhook`` is a plain Starlette route (FastAPI's request machinery costs
 more than the rest of the request); it answers 200 only after every envelope of
-the delivery is in the replay log and on its partition queue, and 503 when Redis
-fails, having marked nothing as seen, so Meta's retry goes through normally.
+the delivery is in the replay log and on its partition queue (on RabbitMQ: confirmed
+by the broker), and 503 when Redis or the broker fails, having marked nothing as seen
+that is not on a queue, so Meta's retry goes through normally.
 """
 
 from __future__ import annotations
@@ -194,6 +195,8 @@ def create_app(
         app.state.acceptor = Acceptor(client, settings, publish)
         yield
         await client.aclose()
+        if callable(close := getattr(publish, "close", None)):  # its broker connections
+            await asyncio.to_thread(close)
 
     async def verify(request: Request) -> Response:
         params = request.query_params

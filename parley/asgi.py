@@ -30,13 +30,13 @@ WARNED = "_PARLEY_INGRESS_WARNED"
 
 def celery_publisher(settings: Settings) -> Publish | None:
     """Publishing through Celery, needed only when the broker is not the pipeline DB
-    (else the ingress's script enqueues itself)."""
+    (else the ingress's script enqueues itself): with publisher confirms on RabbitMQ,
+    bounded in time (``parley.workers.celery.create_publisher``)."""
     if settings.broker == settings.pipeline:
         return None
-    from parley.workers.celery import create_celery, publish
+    from parley.workers.celery import create_publisher
 
-    celery = create_celery(settings)
-    return lambda envelope: publish(celery, envelope, settings.partitions)
+    return create_publisher(settings)
 
 
 def create_ingress(
@@ -53,7 +53,9 @@ def create_ingress(
         skip_signature=skip_signature,
         acceptor=acceptor,
         publish=publish or celery_publisher(settings),
-        collectors=[PipelineCollector(settings.pipeline, settings.partitions)],
+        collectors=[
+            PipelineCollector(settings.pipeline, settings.partitions, broker_url=settings.broker)
+        ],
         warn=warn,
     )
 

@@ -581,7 +581,7 @@ def replay(
     )
     from rich.table import Table
 
-    from parley.replay import enqueue, select, stream_bound, summary
+    from parley.replay import ReplayInterrupted, enqueue, select, stream_bound, summary
     from parley.wire.keys import DEAD_LETTERS, REPLAY_LOG
 
     console = _console()
@@ -631,7 +631,10 @@ def replay(
             per_second = done / max(time.monotonic() - started, 1e-6)
             progress.update(task, advance=n, rate=f"{per_second:,.0f}/s")
 
-        batch = enqueue(client, entries, settings, dead=dead, rate=rate, advance=advance)
+        try:
+            batch = enqueue(client, entries, settings, dead=dead, rate=rate, advance=advance)
+        except ReplayInterrupted as exc:
+            raise click.ClickException(str(exc)) from None
     elapsed = time.monotonic() - started
     console.print(
         f"replayed {_count(len(entries), *noun)} as {batch} in {elapsed:.2f}s "
@@ -825,29 +828,45 @@ def dead_drop(dead_id: str | None, drop_all: bool, yes: bool, redis_url: str | N
 @main.command()
 @redis_url_option()
 def status(redis_url: str | None) -> None:
-    """Per partition its owner, queue depth, lag (age of the oldest waiting webhook) and
-    the envelopes in flight on each node; the live nodes and what each runs."""
+    """Per partition its owner, queue depth (from the broker), lag (age of the oldest
+    waiting webhook; not on RabbitMQ) and the envelopes in flight on each node; the live
+    nodes and what each runs."""
     from collections import Counter
 
     from rich.table import Table
 
+    from parley.depths import open_depths
     from parley.status import read_state
     from parley.wire.keys import queue_name
 
     client, settings = _pipeline_client(redis_url)
-    state = read_state(client, settings.partitions)
-    table = Table("partition", "queue", "depth", "lag", "owner (lease)", "in flight")
+    with open_depths(settings.broker, pipeline_url=settings.pipeline, pipeline=client) as depths:
+        state = read_state(client, settings.partitions, depths)
+    consumers = any(row.consumers is not None for row in state.partitions)
+    columns = ["partition", "queue", "depth", "lag", "owner (lease)", "in flight"]
+    table = Table(*columns, *(["consumers"] if consumers else []))
     for row in state.partitions:
-        table.add_row(
+        lag = f"{row.lag:.1f}s" if row.lag is not None else ""
+        cells = [
             str(row.partition),
             queue_name(row.partition),
-            str(row.depth),
-            f"{row.lag:.1f}s" if row.lag is not None else "",
+            "?" if row.depth is None else str(row.depth),
+            lag if state.lag_known else "n/a",
             row.owner or "-",
             " ".join(f"{count} on {node}" for node, count in sorted(row.in_flight.items())),
-        )
+        ]
+        if consumers:
+            cells.append("?" if row.consumers is None else str(row.consumers))
+        table.add_row(*cells)
     console = _console()
     console.print(table)
+    if state.broker_error:
+        console.print(f"queue depths: unknown ({state.broker_error})")
+    elif not state.lag_known:
+        console.print(
+            "lag: n/a on this broker (RabbitMQ cannot show a queue's oldest message "
+            "without taking it); watch the depth"
+        )
     owned = Counter(row.owner for row in state.partitions)
     running: Counter[str] = Counter()
     for row in state.partitions:

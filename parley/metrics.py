@@ -2,16 +2,22 @@
 
 Flower shows workers and tasks but no queue lengths, and hides a queue nobody
 consumes — exactly the partition whose node died. So at scrape time this reads the
-pipeline DB: each partition's depth, lease holder and in-flight envelope, the live
-nodes, dead letters, the replay log, and the handler-latency histogram the workers
-keep there (``finish.lua`` adds each run to it, so every node's runs are counted
-without scraping each node). The ingress adds its own delivery counters
+pipeline DB: each partition's lease holder and in-flight envelope, the live nodes, dead
+letters, the replay log, and the handler-latency histogram the workers keep there
+(``finish.lua`` adds each run to it, so every node's runs are counted without scraping
+each node); and each partition's depth from the broker (``parley.depths``: a Redis list,
+or a RabbitMQ queue). The ingress adds its own delivery counters
 (``parley.ingress.metrics``).
+
+On RabbitMQ a queue's oldest message cannot be read without taking it, so
+``parley_partition_lag_seconds`` is left out there (absent, not 0: alert on depth).
 
 A scrape is needed most while Redis is down, so it never fails for that: it answers
 with what it could read — the ingress's own counters — plus ``parley_pipeline_up 0``,
 logs one WARNING, and is bounded in time (a fail-fast client: short socket timeouts,
-no retries) so a hung Redis cannot hang the scrape.
+no retries) so a hung Redis cannot hang the scrape. A broker that does not answer (when
+it is not the pipeline DB) likewise gives ``parley_broker_up 0``, one WARNING, and no
+depth or lag families; the rest is exported.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from parley.cache.redis import redact
+from parley.depths import open_depths
 from parley.status import PipelineState, read_state
 from parley.workers.connections import PROBE_TIMEOUT, fail_fast_client
 from parley.workers.pipeline import LATENCY_BUCKETS
@@ -37,10 +44,19 @@ log = logging.getLogger("parley.metrics")
 
 
 class PipelineCollector(Collector):
-    def __init__(self, pipeline_url: str, partitions: int, timeout: float = PROBE_TIMEOUT) -> None:
+    def __init__(
+        self,
+        pipeline_url: str,
+        partitions: int,
+        timeout: float = PROBE_TIMEOUT,
+        *,
+        broker_url: str | None = None,
+    ) -> None:
         self.pipeline_url = pipeline_url
         self.partitions = partitions
         self.timeout = timeout
+        #: where the partition queues are; None: the pipeline DB itself
+        self.broker_url = broker_url or pipeline_url
 
     def collect(self) -> Iterator[Metric]:
         state = self.read()
@@ -51,14 +67,28 @@ class PipelineCollector(Collector):
             0 if state is None else 1,
         )
         if state is not None:
+            yield GaugeMetricFamily(
+                "parley_broker_up",
+                "1 when this scrape read the queue depths from the broker; 0 when it could "
+                "not (the depth and lag metrics are missing then)",
+                0 if state.broker_error else 1,
+            )
             yield from pipeline_families(state)
 
     def read(self) -> PipelineState | None:
         """The pipeline's state, or None (and one WARNING) when Redis cannot give it."""
         try:
             # a connection per scrape (one every few seconds): nothing to close at shutdown
-            with fail_fast_client(self.pipeline_url, self.timeout) as client:
-                return read_state(client, self.partitions)
+            with (
+                fail_fast_client(self.pipeline_url, self.timeout) as client,
+                open_depths(
+                    self.broker_url,
+                    pipeline_url=self.pipeline_url,
+                    pipeline=client,
+                    timeout=self.timeout,
+                ) as depths,
+            ):
+                state = read_state(client, self.partitions, depths)
         except redis.RedisError as exc:
             log.warning(
                 "/metrics: pipeline Redis at %s unreadable (%s: %s); parley_pipeline_up 0",
@@ -67,6 +97,11 @@ class PipelineCollector(Collector):
                 exc,
             )
             return None
+        if state.broker_error:
+            log.warning(
+                "/metrics: queue depths unreadable (%s); parley_broker_up 0", state.broker_error
+            )
+        return state
 
 
 def pipeline_families(state: PipelineState) -> Iterator[Metric]:
@@ -86,19 +121,24 @@ def pipeline_families(state: PipelineState) -> Iterator[Metric]:
     )
     lag = GaugeMetricFamily(
         "parley_partition_lag_seconds",
-        "Age of the oldest webhook waiting on a partition queue (0: none waiting)",
+        "Age of the oldest webhook waiting on a partition queue (0: none waiting; "
+        "absent where the broker cannot tell: RabbitMQ)",
         labels=["partition"],
     )
     for row in state.partitions:
         k = str(row.partition)
-        depth.add_metric([k], row.depth)
+        if row.depth is not None:
+            depth.add_metric([k], row.depth)
+            if state.lag_known:
+                lag.add_metric([k], row.lag or 0.0)
         owner.add_metric([k, row.owner or ""], 1 if row.owner else 0)
         in_flight.add_metric([k], sum(row.in_flight.values()))
-        lag.add_metric([k], row.lag or 0.0)
-    yield depth
+    if state.broker_error is None:
+        yield depth
+        if state.lag_known:
+            yield lag
     yield owner
     yield in_flight
-    yield lag
     yield GaugeMetricFamily(
         "parley_live_nodes", "Worker nodes with a live heartbeat", len(state.nodes)
     )

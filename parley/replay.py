@@ -6,6 +6,12 @@ A replay sends each selected envelope, in the original order, to its partition q
 with a replay id of its own: neither the ingress dedup (it does not pass there) nor
 the workers' done-marker (keyed by the replay id) skips it, and handlers can tell
 (``webhook.is_replay``).
+
+When the broker is the pipeline DB (the default), a replay pushes the Celery messages
+onto the queue lists itself, a chunk per round trip. On any other broker (RabbitMQ,
+another Redis) it publishes through Celery, one message at a time and, on AMQP, each
+confirmed by the broker before the next (``create_publisher``): the count printed at
+the end is what the broker holds, and one publisher on one channel keeps the order.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 
 import redis
 
+from parley.cache.redis import redact
 from parley.wire.envelope import Envelope
 from parley.wire.keys import DEAD_LETTERS
 from parley.wire.messages import routed_message
@@ -29,6 +36,7 @@ from parley.workers.settings import Settings, parse_duration
 
 __all__ = [
     "Entry",
+    "ReplayInterrupted",
     "as_replay",
     "dead_letter_id",
     "enqueue",
@@ -41,7 +49,10 @@ __all__ = [
 ]
 
 STREAM_ID = re.compile(r"^\d+(-\d+)?$")
+#: Replays pushed per round trip (broker = pipeline DB)
 CHUNK = 500
+#: Replays published (one confirm each) between progress updates and rate checks
+PUBLISH_CHUNK = 50
 
 
 def stream_bound(text: str | None, *, now: float | None = None, end: bool = False) -> str:
@@ -122,6 +133,21 @@ def summary(entries: list[Entry], settings: Settings) -> dict[str, Counter[str]]
     return counts
 
 
+class ReplayInterrupted(Exception):
+    """A publish failed part-way (the broker down, refusing, or not confirming): the
+    first ``sent`` replays are on their queues (confirmed), the one that failed may or
+    may not be, the rest were not sent."""
+
+    def __init__(
+        self, batch: str, sent: int, total: int, broker: str, cause: BaseException
+    ) -> None:
+        self.batch, self.sent, self.total = batch, sent, total
+        super().__init__(
+            f"the broker at {redact(broker)} failed after {sent} of {total} replays of "
+            f"{batch} were confirmed ({type(cause).__name__}: {cause}); the rest were not sent"
+        )
+
+
 def enqueue(
     client: redis.Redis,
     entries: list[Entry],
@@ -131,21 +157,47 @@ def enqueue(
     rate: float | None = None,
     advance: Callable[[int], None] = lambda n: None,
 ) -> str:
-    """Push the entries' replays onto their partition queues, in order; returns the
-    batch id that their replay ids start with."""
+    """Send the entries' replays to their partition queues, in order; returns the
+    batch id that their replay ids start with. ``client``: the pipeline DB, pushed to
+    directly when it is the broker too; else the replays go through Celery."""
     batch = f"replay-{uuid.uuid4().hex[:12]}"
     started = time.monotonic()
     sent = 0
-    for offset in range(0, len(entries), CHUNK):
-        chunk = entries[offset : offset + CHUNK]
-        pipe = client.pipeline(transaction=False)
-        for entry in chunk:
-            pipe.lpush(*routed_message(as_replay(entry, batch, dead), settings.partitions))
-        pipe.execute()
-        sent += len(chunk)
-        advance(len(chunk))
-        if rate:  # hold the average at the requested rate
-            ahead = sent / rate - (time.monotonic() - started)
-            if ahead > 0:
-                time.sleep(ahead)
+    publisher = None
+    if settings.broker != settings.pipeline:
+        from parley.workers.celery import create_publisher  # Celery: only when used
+
+        publisher = create_publisher(settings)
+    try:
+        size = CHUNK if publisher is None else PUBLISH_CHUNK
+        for offset in range(0, len(entries), size):
+            chunk = [as_replay(entry, batch, dead) for entry in entries[offset : offset + size]]
+            if publisher is None:
+                push(client, chunk, settings.partitions)
+                sent += len(chunk)
+            else:
+                for envelope in chunk:
+                    try:
+                        publisher(envelope)
+                    except Exception as exc:  # kombu's errors of a broker outage, a refusal
+                        raise ReplayInterrupted(
+                            batch, sent, len(entries), settings.broker, exc
+                        ) from exc
+                    sent += 1
+            advance(len(chunk))
+            if rate:  # hold the average at the requested rate
+                ahead = sent / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
+    finally:
+        if publisher is not None:
+            publisher.close()
     return batch
+
+
+def push(client: redis.Redis, chunk: list[Envelope], partitions: int) -> None:
+    """Replays LPUSHed onto their queue lists (the broker is this DB), one round trip."""
+    pipe = client.pipeline(transaction=False)
+    for envelope in chunk:
+        pipe.lpush(*routed_message(envelope, partitions))
+    pipe.execute()

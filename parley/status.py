@@ -1,5 +1,9 @@
-"""The pipeline's state as operators see it, read in one round trip: what
-``parley status`` prints and what the ingress's ``/metrics`` exports."""
+"""The pipeline's state as operators see it: what ``parley status`` prints and what
+the ingress's ``/metrics`` exports. Leases, in-flight records, nodes, streams and timers
+are read from the pipeline DB in one round trip; the queue depths from the broker that
+holds the queues (``parley.depths``: Redis lists or RabbitMQ queues). A broker that does
+not answer leaves the depths unknown (``broker_error``) and the rest still shown: the
+state is wanted most during an outage."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from dataclasses import dataclass
 
 import redis
 
+from parley.depths import BrokerUnreadable, QueueDepth, QueueDepths, RedisQueueDepths
 from parley.wire.keys import (
     DEAD_LETTERS,
     LATENCY,
@@ -20,7 +25,6 @@ from parley.wire.keys import (
     lease_key,
     queue_name,
 )
-from parley.wire.messages import waiting_since
 from parley.workers.leases import live_nodes
 from parley.workers.pipeline import in_flight_record
 
@@ -28,10 +32,11 @@ from parley.workers.pipeline import in_flight_record
 @dataclass
 class PartitionState:
     partition: int
-    depth: int
+    depth: int | None  # messages waiting; None: the broker did not answer
     owner: str | None  # the lease holder
     in_flight: dict[str, int]  # node → how many of its envelopes it is running
-    lag: float | None  # seconds the oldest waiting webhook has waited
+    lag: float | None  # seconds the oldest waiting webhook has waited (None: none, or unknown)
+    consumers: int | None = None  # the queue's consumers, where the broker counts them (AMQP)
 
 
 @dataclass
@@ -44,6 +49,10 @@ class PipelineState:
     recovered: int  # lost envelopes the reconciler re-enqueued, ever
     timers: int  # scheduled actions not yet fired
     next_timer: float | None  # seconds until the next one is due (negative: overdue)
+    #: whether ``PartitionState.lag`` was read: not on RabbitMQ (``parley.depths``)
+    lag_known: bool = True
+    #: why the depths are unknown (the broker did not answer), else None
+    broker_error: str | None = None
 
 
 def _text(value: bytes | None) -> str | None:
@@ -65,13 +74,15 @@ def live_worker_nodes(client: redis.Redis) -> dict[str, float]:
     return still_live(live_nodes(client), seconds + micros / 1e6)
 
 
-def read_state(client: redis.Redis, partitions: int) -> PipelineState:
+def read_state(
+    client: redis.Redis, partitions: int, depths: QueueDepths | None = None
+) -> PipelineState:
+    """The state, from the pipeline DB (``client``: a Redis error propagates) and the
+    queue depths from ``depths`` (default: Redis lists in that same DB)."""
     pipe = client.pipeline(transaction=False)
     for k in range(partitions):
-        pipe.llen(queue_name(k))
         pipe.get(lease_key(k))
         pipe.hvals(inflight_key(k))
-        pipe.lindex(queue_name(k), -1)  # the oldest waiting message (BRPOP's end)
     pipe.zrange(NODES, 0, -1, withscores=True)
     pipe.xlen(REPLAY_LOG)
     pipe.xlen(DEAD_LETTERS)
@@ -84,18 +95,27 @@ def read_state(client: redis.Redis, partitions: int) -> PipelineState:
         pipe.execute()
     )
     redis_now = seconds + micros / 1e6  # heartbeats are scored on Redis's clock
+    reader = depths if depths is not None else RedisQueueDepths(client, "the pipeline DB")
+    queues = [queue_name(k) for k in range(partitions)]
+    broker_error = None
+    try:
+        waiting: dict[str, QueueDepth] = reader.read(queues)
+    except BrokerUnreadable as exc:
+        waiting, broker_error = {}, str(exc)
     now = time.time()  # received_at is the ingress's
     rows = []
     for k in range(partitions):
-        depth, owner, running, oldest = per_partition[4 * k : 4 * k + 4]
-        since = waiting_since(oldest)
+        owner, running = per_partition[2 * k : 2 * k + 2]
+        depth = waiting.get(queue_name(k))
+        since = depth.oldest if depth is not None else None
         rows.append(
             PartitionState(
                 k,
-                depth,
+                depth.ready if depth is not None else None,
                 _text(owner),
                 dict(Counter(in_flight_record(raw).node for raw in running)),
                 max(0.0, now - since) if since is not None else None,
+                depth.consumers if depth is not None else None,
             )
         )
     return PipelineState(
@@ -107,4 +127,6 @@ def read_state(client: redis.Redis, partitions: int) -> PipelineState:
         int(recovered or 0),
         timers,
         first[0][1] / 1000 - redis_now if first else None,
+        lag_known=reader.peeks,
+        broker_error=broker_error,
     )

@@ -10,6 +10,7 @@ from parley.cache import CacheFactory, create_cache_factory
 from parley.cache.memory import MemoryCacheFactory
 from parley.cache.redis import close_pools
 from parley.testing import FakeGraphAPI, RedisServer
+from tests.rabbitmq import Admin, private_vhost, shared_admin
 
 BACKENDS = ["memory", "json", "redis"]
 
@@ -64,3 +65,16 @@ def ingress(redis_url: str) -> Iterator[httpx.Client]:
         httpx.Client(base_url=served.url) as client,
     ):
         yield client
+
+
+@pytest.fixture
+def rabbitmq_admin() -> Admin:
+    """The machine's RabbitMQ, administered for the tests (skips where none answers)."""
+    return shared_admin()
+
+
+@pytest.fixture
+def amqp_url(rabbitmq_admin: Admin) -> Iterator[str]:
+    """``amqp://guest:guest@127.0.0.1:5672/<a vhost of this test's own>``, deleted after."""
+    with private_vhost(rabbitmq_admin) as url:
+        yield url

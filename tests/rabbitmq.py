@@ -10,15 +10,19 @@ reason (``.ci/run`` installs and starts ``rabbitmq-server``, so CI always runs t
 
 from __future__ import annotations
 
+import functools
+import json
 import shutil
 import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from urllib.parse import quote
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
 
 import httpx
+import pytest
 
 HOST = "127.0.0.1"
 PORT = 5672
@@ -28,6 +32,10 @@ MANAGEMENT = f"http://{HOST}:15672/api"
 
 #: Why RabbitMQ tests skip: the one reason pytest prints
 UNAVAILABLE = f"no RabbitMQ answers on {HOST}:{PORT} (guest/guest): start rabbitmq-server"
+
+
+#: The brokers a test parametrised over both runs on (``broker_env``)
+BROKERS = ("redis", "amqp")
 
 
 class RabbitMQUnavailable(RuntimeError):
@@ -128,3 +136,46 @@ def queue_depths(url: str, queues: list[str]) -> dict[str, tuple[int, int]]:
                     channel.close()
             found[queue] = (ready, consumers)
     return found
+
+
+@functools.cache
+def shared_admin() -> Admin:
+    """One ``Admin`` for the whole test run (skips the test where no RabbitMQ answers)."""
+    if not answers():
+        pytest.skip(UNAVAILABLE)
+    return Admin()
+
+
+def broker_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The environment of a test parametrised over ``BROKERS`` (``request.param``):
+    nothing for Redis (the pipeline DB is the broker), ``PARLEY_BROKER_URL`` of a fresh
+    vhost for ``amqp``, deleted after the test."""
+    if request.param == "redis":
+        return {}
+    admin = shared_admin()
+    vhost = f"parley-test-{uuid.uuid4().hex[:12]}"
+    admin.add_vhost(vhost)
+    request.addfinalizer(lambda: admin.delete_vhost(vhost))
+    return {"PARLEY_BROKER_URL": amqp_url(vhost)}
+
+
+def vhost_of(url: str) -> str:
+    return unquote(urlsplit(url).path.removeprefix("/"))
+
+
+def list_queues(url: str) -> dict[str, dict[str, Any]]:
+    """Every queue of the URL's vhost, by name: its ``type``, ``durable``,
+    ``messages_ready`` and ``messages_unacknowledged`` (rabbitmqctl: the management API
+    is off on this machine; a second or so per call)."""
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None:
+        pytest.skip("rabbitmqctl is not installed: cannot list a vhost's queues")
+    columns = ["name", "type", "durable", "messages_ready", "messages_unacknowledged"]
+    result = subprocess.run(
+        [ctl, "list_queues", "-q", "--formatter", "json", "-p", vhost_of(url), *columns],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return {queue["name"]: queue for queue in json.loads(result.stdout or "[]")}

@@ -39,6 +39,8 @@ from tests.helpers import parse_parley, serve_on_free_port, sign, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
+#: The override that puts the broker on RabbitMQ (``-f docker-compose.yml -f ...``)
+COMPOSE_RABBITMQ = ROOT / "docker-compose.rabbitmq.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 ENV_EXAMPLE = ROOT / ".env.example"
 PROCFILE = ROOT / "Procfile"
@@ -49,6 +51,8 @@ COMPOSE_ONLY = {
     "PARLEY_APP": "the workers' --app, MODULE:ATTR",
     "PARLEY_APP_DIR": "the folder of the user's app, mounted at the workers' /srv/app",
     "REDIS_PASSWORD": "compose's redis service's password (--requirepass, in the Parley URLs)",
+    "RABBITMQ_PASSWORD": "the rabbitmq service's user's password (docker-compose.rabbitmq.yml)",
+    "FLOWER_BROKER_API": "Flower's RabbitMQ management API URL (its Broker page)",
 }
 #: And the Procfile's: honcho sets PORT for each process type.
 PROCFILE_ONLY = {"PORT": "set by honcho", "FLOWER_PORT": "parley flower's --port"}
@@ -75,6 +79,8 @@ SECRETS = {
     "FLOWER_BASIC_AUTH": {"flower"},
     "REDIS_PASSWORD": {"redis", "ingress", "worker", "flower"},
 }
+#: The override's one secret, and who may see it (the broker URL's password)
+RABBITMQ_SECRETS = {"RABBITMQ_PASSWORD": {"rabbitmq", "ingress", "worker", "flower"}}
 PARLEY_SERVICES = ("ingress", "worker", "flower")
 #: ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}, $NAME
 VARIABLE = re.compile(
@@ -90,6 +96,7 @@ APP_SECRET = "tests-app-key-7f3a9c2e41d8b605"
 VERIFY_TOKEN = "tests-verify-token-5d1e"
 FLOWER_AUTH = ("admin", "tests-flower-pass-8c41e07b")
 REDIS_PASSWORD = "testsRedisPass7c2e9a41d0b83f65"
+RABBITMQ_PASSWORD = "testsRabbitPass3e81c0d9a27f46b5"
 FIRST_REPLY = "🍕 What size pizza? (small/medium/large)"
 PIZZA = ["hi", "large", "pepperoni,mushrooms", "yes"]
 PARTITIONS = 16
@@ -492,6 +499,138 @@ def test_env_example_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
     assert done.returncode == 2, done.stdout + done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "FLOWER_BASIC_AUTH" in errors[0], done.stderr
+
+
+# -- docker-compose.rabbitmq.yml ------------------------------------------------------------
+
+
+def merged(base: Any, override: Any) -> Any:
+    """``docker compose -f base -f override``: mappings merge key by key (a service's
+    environment and depends_on too), anything else the override replaces."""
+    if isinstance(base, Mapping) and isinstance(override, Mapping):
+        return {
+            key: merged(base[key], override[key])
+            if key in base and key in override
+            else base.get(key, override.get(key))
+            for key in {**base, **override}
+        }
+    return override
+
+
+def compose_rabbitmq() -> dict[str, Any]:
+    """The override on its own."""
+    return yaml.safe_load(COMPOSE_RABBITMQ.read_text())
+
+
+def compose_on_rabbitmq() -> dict[str, Any]:
+    """What compose runs with both files."""
+    return merged(compose(), compose_rabbitmq())
+
+
+AMQP_URL = "amqp://parley:${RABBITMQ_PASSWORD}@rabbitmq:5672/"
+
+
+def test_compose_rabbitmq_override_services() -> None:
+    override = compose_rabbitmq()
+    assert set(override["services"]) == {"rabbitmq", *PARLEY_SERVICES}
+    services = compose_on_rabbitmq()["services"]
+    rabbitmq = services["rabbitmq"]
+    assert EXACT_IMAGE.fullmatch(rabbitmq["image"]), rabbitmq["image"]
+    assert re.fullmatch(r"rabbitmq:\d+\.\d+\.\d+-management-alpine", rabbitmq["image"])
+    assert rabbitmq["hostname"] == "rabbitmq"  # its data is kept under rabbit@<hostname>
+    volume_names = set(compose_on_rabbitmq().get("volumes") or {})
+    assert "redis-data" in volume_names  # the base file's, still there
+    mounts = [str(v).split(":") for v in rabbitmq["volumes"]]
+    assert any(m[0] in volume_names and m[1] == "/var/lib/rabbitmq" for m in mounts), mounts
+    assert "rabbitmq-diagnostics" in rabbitmq["healthcheck"]["test"]
+    env = service_env(rabbitmq)
+    assert set(env) == {"RABBITMQ_DEFAULT_USER", "RABBITMQ_DEFAULT_PASS"}
+    assert re.fullmatch(r"\$\{RABBITMQ_PASSWORD:\?[^}]+\}", env["RABBITMQ_DEFAULT_PASS"])
+    for name in PARLEY_SERVICES:
+        service = services[name]
+        assert service["build"] == "." and service["command"], name  # the base's, kept
+        assert service["depends_on"]["redis"]["condition"] == "service_healthy", name
+        assert service["depends_on"]["rabbitmq"]["condition"] == "service_healthy", name
+        service_vars = service_env(service)
+        # the pipeline stays on Redis; the broker URL's user is RabbitMQ's one user
+        assert service_vars["PARLEY_REDIS_URL"] == "redis://:${REDIS_PASSWORD}@redis:6379"
+        assert service_vars["PARLEY_BROKER_URL"] == AMQP_URL, name
+        assert AMQP_URL.startswith(f"amqp://{env['RABBITMQ_DEFAULT_USER']}:"), name
+    # whoever declares a queue first sets its type: the ingress and the workers agree
+    ingress, worker = service_env(services["ingress"]), service_env(services["worker"])
+    assert ingress["PARLEY_AMQP_QUEUE_TYPE"] == worker["PARLEY_AMQP_QUEUE_TYPE"]
+    # the management UI on the host's loopback only; AMQP not published at all
+    assert published(rabbitmq) == [("127.0.0.1", "15672", "15672")]
+    for name, service in services.items():
+        for address, _, container in published(service):
+            assert name == "ingress" or loopback(address), (name, container)
+
+
+def test_compose_rabbitmq_hands_its_password_only_to_the_services_that_need_it() -> None:
+    services = compose_on_rabbitmq()["services"]
+    for name, service in services.items():
+        assert "env_file" not in service, name
+    for secret, allowed in {**SECRETS, **RABBITMQ_SECRETS}.items():
+        seeing = {
+            name
+            for name, service in services.items()
+            if secret in variables(yaml.safe_dump(service)) or secret in service_env(service)
+        }
+        assert seeing == allowed, f"{secret} reaches {seeing}, not just {allowed}"
+    inside = {"PARLEY_BROKER_URL", "FLOWER_BROKER_API"}  # only inside these URLs
+    for name in PARLEY_SERVICES:
+        for key, value in service_env(services[name]).items():
+            if "RABBITMQ_PASSWORD" in variables(value):
+                assert key in inside, (name, key)
+    text = COMPOSE_RABBITMQ.read_text()
+    required = {m["name"] for m in VARIABLE.finditer(text) if m["op"] in (":?", "?")}
+    assert required == {"RABBITMQ_PASSWORD"}, required
+    example = env_file_names(ENV_EXAMPLE.read_text())
+    assert example.get("RABBITMQ_PASSWORD") == "", "RABBITMQ_PASSWORD: empty in .env.example"
+    no_default = {
+        m["name"] or m["bare"] for m in VARIABLE.finditer(text) if m["op"] not in (":-", "-")
+    }
+    assert no_default <= set(example), no_default - set(example)
+    known = settings_env_names() | set(COMPOSE_ONLY)
+    assert variables(text) <= known, variables(text) - known
+    for name in PARLEY_SERVICES:
+        assert set(service_env(services[name])) <= known, name
+
+
+def test_compose_rabbitmq_environments_make_valid_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With both files, each Parley service's environment validates as Settings whose
+    broker is RabbitMQ and whose pipeline is still Redis; the ingress builds (its
+    confirming publisher connects on first use); Flower's command and its management
+    API option are Flower's."""
+    filled = {
+        **{name: "" for name in env_file_names(ENV_EXAMPLE.read_text())},
+        "WHATSAPP_TOKEN": "tests-graph-token-0b4e5f",
+        "WHATSAPP_APP_SECRET": APP_SECRET,
+        "WHATSAPP_VERIFY_TOKEN": VERIFY_TOKEN,
+        "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH),
+        "REDIS_PASSWORD": REDIS_PASSWORD,
+        "RABBITMQ_PASSWORD": RABBITMQ_PASSWORD,
+    }
+    services = compose_on_rabbitmq()["services"]
+    for name in PARLEY_SERVICES:
+        with monkeypatch.context() as patch:
+            for variable in list(os.environ):
+                if variable.startswith(("PARLEY_", "WHATSAPP_", "FLOWER_", "CELERY_")):
+                    patch.delenv(variable)
+            for key, value in service_env(services[name]).items():
+                patch.setenv(key, substitute(value, filled))
+            settings = Settings()
+            assert settings.broker == f"amqp://parley:{RABBITMQ_PASSWORD}@rabbitmq:5672/", name
+            assert settings.pipeline == f"redis://:{REDIS_PASSWORD}@redis:6379/3", name
+            if name == "ingress":
+                create_ingress(settings)
+            if name == "flower":
+                check_parley_flower(argv_of(services[name]["command"], filled))
+                api = substitute(service_env(services[name])["FLOWER_BROKER_API"], filled)
+                assert api == f"http://parley:{RABBITMQ_PASSWORD}@rabbitmq:15672/api/"
+                assert "--broker-api" in flower_options()  # what FLOWER_BROKER_API sets
 
 
 # -- Dockerfile -----------------------------------------------------------------------------

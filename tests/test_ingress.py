@@ -7,22 +7,27 @@ import base64
 import json
 import logging
 import socket
+import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import orjson
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from redis.asyncio import Redis
 
 from parley.asgi import create_ingress
+from parley.ingress.accept import Acceptor, PublishTimeout
 from parley.testing import PHONE_ID, RedisServer, delivery, envelope, free_port, text_message
-from parley.wire.keys import REPLAY_LOG, queue_name
+from parley.wire.envelope import Envelope
+from parley.wire.keys import REPLAY_LOG, queue_name, seen_key
 from parley.wire.messages import celery_message
 from parley.wire.partition import partition_for
-from parley.workers.celery import create_celery, publish
+from parley.workers.celery import create_celery, create_publisher, publish
 from parley.workers.settings import Settings
 from parley.workers.webhook import split_delivery
 from tests.helpers import (
@@ -36,7 +41,21 @@ from tests.helpers import (
     wait_for,
 )
 from tests.http_server import ServedApp
+from tests.rabbitmq import Admin, queue_depths
 from tests.worker_process import WorkerProcess
+
+BROKERS = ["redis", "amqp"]
+
+
+def amqp_depths(url: str) -> dict[str, int]:
+    """Ready messages per partition queue of the vhost, those declared and not empty."""
+    found = queue_depths(url, [queue_name(k) for k in range(PARTITIONS)])
+    return {queue: ready for queue, (ready, _) in found.items() if ready}
+
+
+def posted_envelopes(body: bytes) -> list[Envelope]:
+    return split_delivery(orjson.loads(body), received_at=time.time())
+
 
 # -- verification -------------------------------------------------------------------------
 
@@ -232,34 +251,68 @@ def test_twice_delivered_is_processed_once_by_a_real_worker(
         worker.stop()
 
 
-def test_outage_answers_503_then_the_retry_is_processed_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("broker", BROKERS)
+def test_outage_answers_503_then_the_retry_is_processed_once(
+    tmp_path: Path, broker: str, request: pytest.FixtureRequest
+) -> None:
+    """The broker stops: every delivery is answered 503 and nothing is marked seen, so
+    Meta's retry after it is back is accepted as new and processed once. On Redis (the
+    broker is the pipeline DB) the server stops. On RabbitMQ the pipeline Redis stays
+    up and the test's vhost is deleted, then made again: RabbitMQ closes the ingress's
+    connections and refuses new ones as a stopped broker would (the machine's server
+    keeps serving the other tests), so the script marks, the publish fails and the
+    marks are undone."""
     server = RedisServer().start()
     try:
         settings = make_settings(server.url)
+        broker_env: dict[str, str] = {}
+        if broker == "amqp":
+            url: str = request.getfixturevalue("amqp_url")
+            admin: Admin = request.getfixturevalue("rabbitmq_admin")
+            vhost = unquote(url.rsplit("/", 1)[1])
+            settings = make_settings(server.url, broker_url=url)
+            broker_env = {"PARLEY_BROKER_URL": url}
+            stop, start = (lambda: admin.delete_vhost(vhost)), (lambda: admin.add_vhost(vhost))
+        else:
+            stop, start = server.stop, server.start
         body = orjson.dumps(delivery([text_message("51977777777", "7")]))
+        (sent,) = posted_envelopes(body)
         with (
             ServedApp(create_ingress(settings)) as served,
             httpx.Client(base_url=served.url) as client,
         ):
-            server.stop()
+            if broker == "amqp":  # a connection in the pool, which the outage breaks
+                assert client.post("/webhook", content=body, headers=sign(body)).status_code == 200
+                server.client(3).delete(seen_key(sent), REPLAY_LOG)
+            stop()
             for _ in range(3):
                 assert client.post("/webhook", content=body, headers=sign(body)).status_code == 503
-            assert client.get("/readyz").status_code == 503
-            server.start()
+            if broker == "redis":  # /readyz checks the pipeline Redis, not the broker
+                assert client.get("/readyz").status_code == 503
+            start()
             assert client.get("/readyz").status_code == 200
+            pipeline = server.client(3)
+            assert not pipeline.exists(seen_key(sent)) and not pipeline.xlen(REPLAY_LOG)
             response = client.post("/webhook", content=body, headers=sign(body))
             assert response.status_code == 200 and response.json()["accepted"] == 1
+        if broker == "amqp":  # the vhost was made anew: only the retry is on it
+            assert amqp_depths(settings.broker) == {
+                queue_name(partition_for(PHONE_ID, "51977777777", PARTITIONS)): 1
+            }
         worker = WorkerProcess(
             "tests.apps:recording",
             "all",
-            {"PARLEY_REDIS_URL": server.url, "PARLEY_PARTITIONS": str(PARTITIONS)},
+            {"PARLEY_REDIS_URL": server.url, "PARLEY_PARTITIONS": str(PARTITIONS), **broker_env},
             tmp_path,
             "after-outage",
         ).wait_ready()
         try:
             state = server.client(1)
             wait_for(lambda: state.hget(f"{PHONE_ID}:state:seen:51977777777", "seqs") == b"[7]")
-            wait_for(lambda: not queued(server) and not server.client(3).hlen("unacked"))
+            if broker == "amqp":
+                wait_for(lambda: not amqp_depths(settings.broker), what="the queue drained")
+            else:
+                wait_for(lambda: not queued(server) and not server.client(3).hlen("unacked"))
             assert state.hget(f"{PHONE_ID}:state:seen:51977777777", "seqs") == b"[7]"
         finally:
             worker.stop()
@@ -399,22 +452,140 @@ async def test_concurrent_deliveries_share_round_trips_and_still_dedup(
     assert sum(queued(redis_server).values()) == 60
 
 
+@pytest.mark.parametrize("broker", BROKERS)
 def test_broker_elsewhere_publishes_through_celery(
-    redis_url: str, redis_server: RedisServer
+    redis_url: str, redis_server: RedisServer, broker: str, request: pytest.FixtureRequest
 ) -> None:
-    """With the broker in another DB the script only dedups and logs, and the ingress
-    publishes with Celery; a second delivery of the same ids enqueues nothing."""
-    settings = make_settings(redis_url, broker_url=f"{redis_url}/5")
+    """With the broker elsewhere (another Redis DB, or RabbitMQ) the script only dedups
+    and logs, and the ingress publishes with Celery — on RabbitMQ with publisher
+    confirms, before it answers 200: the messages are on the vhost's partition queues
+    then, no worker having declared them; a second delivery of the same ids enqueues
+    nothing."""
+    if broker == "amqp":
+        settings = make_settings(redis_url, broker_url=request.getfixturevalue("amqp_url"))
+    else:
+        settings = make_settings(redis_url, broker_url=f"{redis_url}/5")
     first, second = users_in_two_partitions()
     body = orjson.dumps(delivery([text_message(first, "a"), text_message(second, "b")]))
     with ServedApp(create_ingress(settings)) as served, httpx.Client(base_url=served.url) as client:
         for expected in ({"accepted": 2, "duplicates": 0}, {"accepted": 0, "duplicates": 2}):
             response = client.post("/webhook", content=body, headers=sign(body))
             assert response.status_code == 200 and response.json() == expected
-    broker = redis_server.client(5)
-    depths = [broker.llen(queue_name(k)) for k in range(PARTITIONS)]
-    assert sum(depths) == 2 and queued(redis_server) == {}  # on the broker DB only
+    if broker == "amqp":
+        depths = amqp_depths(settings.broker)
+    else:
+        broker_db = redis_server.client(5)
+        depths = {
+            queue_name(k): n for k in range(PARTITIONS) if (n := broker_db.llen(queue_name(k)))
+        }
+    assert depths == {
+        queue_name(partition_for(PHONE_ID, first, PARTITIONS)): 1,
+        queue_name(partition_for(PHONE_ID, second, PARTITIONS)): 1,
+    }
+    assert queued(redis_server) == {}  # on the broker only
     assert redis_server.client(3).xlen(REPLAY_LOG) == 2
+
+
+async def test_an_unreachable_or_silent_broker_answers_503_in_bounded_time(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    """A broker nobody listens for (refused) and one that accepts the connection but
+    never answers (a listening socket nobody reads): 503 within the publisher's bound,
+    nothing marked seen or logged. While the publish waits, the event loop serves other
+    requests: it runs on a thread."""
+    pipeline = redis_server.client(3)
+    body = orjson.dumps(delivery([text_message("51966666666", "6")]))
+    (sent,) = posted_envelopes(body)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # the kernel completes the handshakes; nothing ever answers
+        for port, bound in ((free_port(), 1.0), (silent.getsockname()[1], 3.0)):
+            settings = make_settings(redis_url, broker_url=f"amqp://guest:guest@127.0.0.1:{port}/x")
+            publisher = create_publisher(settings, timeout=0.5)
+            with ServedApp(create_ingress(settings, publish=publisher)) as served:
+                async with httpx.AsyncClient(base_url=served.url) as client:
+                    started = time.monotonic()
+                    posting = asyncio.create_task(
+                        client.post("/webhook", content=body, headers=sign(body))
+                    )
+                    if port == silent.getsockname()[1]:
+                        deadline = time.monotonic() + 5
+                        while not pipeline.exists(seen_key(sent)):  # publishing now
+                            assert time.monotonic() < deadline and not posting.done()
+                            await asyncio.sleep(0.005)
+                        assert (await client.get("/healthz")).status_code == 200
+                        assert not posting.done()  # answered while the publish waits
+                    answer = await posting
+                    took = time.monotonic() - started
+            assert answer.status_code == 503, answer.text
+            assert took < bound, (port, took)
+            assert not pipeline.exists(seen_key(sent)) and not pipeline.xlen(REPLAY_LOG)
+
+
+async def test_a_publish_past_the_deadline_is_undone(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    """The per-delivery deadline bounds the answer even when the publisher's own
+    bounds are longer: the delivery fails with ``PublishTimeout``, its marks undone."""
+    body = orjson.dumps(delivery([text_message("51955555555", "5")]))
+    envelopes = posted_envelopes(body)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"amqp://guest:guest@127.0.0.1:{silent.getsockname()[1]}/x"
+        settings = make_settings(redis_url, broker_url=url)
+        client = Redis.from_url(settings.pipeline)
+        acceptor = Acceptor(
+            client, settings, create_publisher(settings, timeout=2.0), publish_deadline=0.3
+        )
+        started = time.monotonic()
+        with pytest.raises(PublishTimeout, match=r"over 0.3s \(0 of 1 envelope"):
+            await acceptor.accept(envelopes)
+        assert time.monotonic() - started < 1.5
+    # the listening socket is closed: the abandoned publish fails at once and its
+    # thread ends, publishing nothing
+    await client.aclose()
+    pipeline = redis_server.client(3)
+    assert not pipeline.exists(seen_key(envelopes[0])) and not pipeline.xlen(REPLAY_LOG)
+
+
+async def test_a_failed_publish_undoes_only_what_the_broker_did_not_confirm(
+    redis_url: str, redis_server: RedisServer, amqp_url: str
+) -> None:
+    """A delivery of three envelopes whose second fails to publish: the first, confirmed,
+    stays accepted (on its queue, marked seen, in the replay log); the second and the
+    third (never tried: a user's envelopes go in order) are undone. Meta's retry then
+    enqueues exactly those two."""
+    settings = make_settings(redis_url, broker_url=amqp_url)
+    confirming = create_publisher(settings)
+    first, second = users_in_two_partitions()
+
+    def failing_on_second(envelope: Envelope) -> object:
+        if envelope.user_id == second:
+            raise ConnectionError("the broker went away")
+        return confirming(envelope)
+
+    body = orjson.dumps(
+        delivery([text_message(first, "1"), text_message(second, "2"), text_message(first, "3")])
+    )
+    envelopes = posted_envelopes(body)
+    client = Redis.from_url(settings.pipeline)
+    try:
+        with pytest.raises(ConnectionError):
+            await Acceptor(client, settings, failing_on_second).accept(envelopes)
+        pipeline = redis_server.client(3)
+        assert [pipeline.exists(seen_key(e)) for e in envelopes] == [1, 0, 0]
+        assert pipeline.xlen(REPLAY_LOG) == 1
+        first_queue = queue_name(partition_for(PHONE_ID, first, PARTITIONS))
+        second_queue = queue_name(partition_for(PHONE_ID, second, PARTITIONS))
+        assert amqp_depths(amqp_url) == {first_queue: 1}
+        ids = await Acceptor(client, settings, confirming).accept(envelopes)
+        assert ids[0] is None and ids[1] and ids[2]
+        assert amqp_depths(amqp_url) == {first_queue: 2, second_queue: 1}
+        assert pipeline.xlen(REPLAY_LOG) == 3
+    finally:
+        await client.aclose()
+        confirming.close()
 
 
 # -- one log line per answer ------------------------------------------------------------------

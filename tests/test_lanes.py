@@ -15,12 +15,15 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from parley.testing import PHONE_ID, FakeGraphAPI, RedisServer
 from parley.wire.keys import inflight_key, lease_key
 from parley.wire.partition import partition_for
 from parley.workers.lanes import Lanes, lane_of
 from parley.workers.leases import assignment
 from tests.helpers import PARTITIONS, Pipeline, cli, wait_for
+from tests.rabbitmq import BROKERS, broker_env
 from tests.test_ownership import chaos_runs
 
 # -- the rule, in-process ----------------------------------------------------------------
@@ -111,12 +114,24 @@ def users_in(partition: int, count: int) -> list[str]:
     return list(itertools.islice(in_partition, count))
 
 
+@pytest.fixture(params=BROKERS)
+def broker(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The test runs on each broker: the deployment's extra environment (none for Redis,
+    ``PARLEY_BROKER_URL`` of a vhost of its own for RabbitMQ)."""
+    return broker_env(request)
+
+
 def test_200_users_with_random_delays_each_in_order_exactly_once(
-    redis_url: str, redis_server: RedisServer, tmp_path: Path, graph: FakeGraphAPI
+    redis_url: str,
+    redis_server: RedisServer,
+    tmp_path: Path,
+    graph: FakeGraphAPI,
+    broker: dict[str, str],
 ) -> None:
     """Handlers wait 5-50 ms at random, so later messages of other users overtake earlier
-    ones all the time; no user's messages may overlap, reorder, repeat or go missing."""
-    pipeline = Pipeline(redis_server, tmp_path, graph, PARLEY_CONCURRENCY="32")
+    ones all the time; no user's messages may overlap, reorder, repeat or go missing —
+    on either broker (on RabbitMQ the acks are sent from the consumer's thread)."""
+    pipeline = Pipeline(redis_server, tmp_path, graph, PARLEY_CONCURRENCY="32", **broker)
     users = [f"5198{n:06d}" for n in range(200)]
     rounds = 5
     try:

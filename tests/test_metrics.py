@@ -50,6 +50,7 @@ def test_metrics_count_deliveries_depths_owners_and_handler_runs(
 
         metrics = scrape(client)
         assert value(metrics, "parley_pipeline_up") == 1
+        assert value(metrics, "parley_broker_up") == 1  # the broker is the pipeline DB
         assert value(metrics, "parley_deliveries_total", outcome="accepted", reason="") == 2
         assert (
             value(metrics, "parley_deliveries_total", outcome="refused", reason="bad_signature")

@@ -1,19 +1,19 @@
 """The pipeline on RabbitMQ: real ``parley worker`` processes consuming the partition
 queues of a vhost of their own on the machine's RabbitMQ (``tests/rabbitmq.py``), the
 pipeline and caches on the tests' redis-server. First, in-process, the rule that keeps
-an AMQP channel single-threaded: the lane pool acks on the consumer's loop thread."""
+an AMQP channel single-threaded: the lane pool acks on the consumer's loop thread.
+The tests that run on both brokers (ordering, chaos, hand-over, fencing) are in
+``test_lanes.py`` and ``test_ownership.py``, parametrised by their ``broker`` fixture."""
 
 from __future__ import annotations
 
 import itertools
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 
 from parley.testing import PHONE_ID, FakeGraphAPI, RedisServer
 from parley.wire.keys import queue_name
@@ -21,26 +21,10 @@ from parley.workers.celery import create_celery
 from parley.workers.lanes import LanePool
 from parley.workers.settings import Settings
 from tests.helpers import Pipeline, wait_for
-from tests.rabbitmq import UNAVAILABLE, Admin, answers, private_vhost, queue_depths
+from tests.rabbitmq import list_queues, queue_depths
 from tests.test_ownership import chaos_runs
 
 PARTITIONS = 16
-
-
-@pytest.fixture(scope="session")
-def rabbitmq_admin() -> Iterator[Admin]:
-    if not answers():
-        pytest.skip(UNAVAILABLE)
-    admin = Admin()
-    yield admin
-    admin.close()
-
-
-@pytest.fixture
-def amqp_url(rabbitmq_admin: Admin) -> Iterator[str]:
-    """``amqp://guest:guest@127.0.0.1:5672/<a vhost of this test's own>``."""
-    with private_vhost(rabbitmq_admin) as url:
-        yield url
 
 
 # -- in-process: acks on the consumer's thread --------------------------------------------
@@ -166,30 +150,37 @@ def test_pinned_nodes_handle_50_users_x_10_in_order(
     finally:
         pipeline.close()
     assert_each_user_in_order(runs, rounds)
+    # declared durable, classic by default: they and their messages outlive a restart
+    queues = parley_queues(amqp_url)
+    assert {queue_name(k) for k in range(PARTITIONS)} <= set(queues)
+    assert {(q["type"], q["durable"]) for q in queues.values()} == {("classic", True)}
 
 
-def test_one_node_runs_200_users_at_once_each_in_order(
+def parley_queues(url: str) -> dict[str, dict[str, Any]]:
+    """The vhost's Parley queues (Celery may declare its own beside them)."""
+    return {name: q for name, q in list_queues(url).items() if name.startswith("parley.")}
+
+
+def test_quorum_queues_when_asked_and_a_pinned_run_on_them_keeps_each_users_order(
     amqp_url: str, redis_url: str, redis_server: RedisServer, tmp_path: Path, graph: FakeGraphAPI
 ) -> None:
-    """The lane pool on RabbitMQ: 200 users × 5, handlers of 5-50 ms, 32 threads; later
-    messages of other users overtake earlier ones, no user's messages overlap or reorder."""
-    pipeline = on_rabbitmq(amqp_url, redis_server, tmp_path, graph, PARLEY_CONCURRENCY="32")
-    users = [f"5198{n:06d}" for n in range(200)]
+    """``PARLEY_AMQP_QUEUE_TYPE=quorum``: the publisher and the nodes declare every queue
+    a durable quorum queue (RabbitMQ refuses a global prefetch on those: the nodes set it
+    per consumer), and two pinned nodes handle 30 users × 5 in order on them."""
+    pipeline = on_rabbitmq(amqp_url, redis_server, tmp_path, graph, PARLEY_AMQP_QUEUE_TYPE="quorum")
+    users = [f"5195{n:06d}" for n in range(30)]
     rounds = 5
     try:
-        pipeline.start_worker("tests.apps:chaos", "all", "lanes")
-        started = time.monotonic()
         load(pipeline, users, rounds)
-        runs = wait_all_handled(pipeline, redis_server, users, rounds, timeout=90)
-        print(f"1000 on RabbitMQ, one node: {time.monotonic() - started:.1f}s")
+        pipeline.start_worker("tests.apps:chaos", "0-7", "low")
+        pipeline.start_worker("tests.apps:chaos", "8-15", "high")
+        runs = wait_all_handled(pipeline, redis_server, users, rounds, timeout=60)
     finally:
         pipeline.close()
     assert_each_user_in_order(runs, rounds)
-    everything = sorted((run for r in runs.values() for run in r), key=lambda run: run[3])
-    at_once = max(
-        sum(1 for other in everything if other[3] <= run[3] < other[4]) for run in everything
-    )
-    assert at_once > 4
+    queues = parley_queues(amqp_url)
+    assert {queue_name(k) for k in range(PARTITIONS)} <= set(queues)
+    assert {(q["type"], q["durable"]) for q in queues.values()} == {("quorum", True)}
 
 
 def test_auto_nodes_share_the_partitions_and_keep_each_users_order(

@@ -44,6 +44,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # (5 minutes by default): no redelivery anywhere until then
         transport["unacked_mutex_expire"] = max(10, 5 * settings.redelivery_scan_interval)
     return {
+        **amqp_queues(settings),
         "broker_url": settings.broker,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": transport,
@@ -66,6 +67,24 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def amqp_queues(settings: Settings) -> dict[str, Any]:
+    """How the queues are declared on RabbitMQ. Celery declares each queue when it
+    first publishes to or consumes from it (``task_create_missing_queues``), durable
+    (kombu's default), bound to a durable direct exchange of its name: messages and
+    queues outlive a broker restart (Celery publishes them persistent). With
+    ``PARLEY_AMQP_QUEUE_TYPE=quorum`` they are declared ``x-queue-type: quorum`` —
+    the default queue too, so the worker detects quorum queues at start
+    (``worker_detect_quorum_queues``) and sets its prefetch per consumer: quorum
+    queues refuse a channel-wide (global) prefetch."""
+    if settings.amqp_queue_type != "quorum":
+        return {}
+    return {
+        "task_create_missing_queue_type": "quorum",
+        "task_default_queue_type": "quorum",
+        "worker_detect_quorum_queues": True,
+    }
+
+
 def create_celery(
     settings: Settings,
     handle: Callable[[dict[str, Any]], str] | None = None,
@@ -83,12 +102,19 @@ def create_celery(
     return app
 
 
-def publish(app: Celery, envelope: Envelope, partitions: int) -> int:
+def publish(
+    app: Celery, envelope: Envelope, partitions: int, *, timeout: float | None = None
+) -> int:
     """Send an envelope to its partition's queue through Celery (any broker); returns
     the partition. On a Redis broker the ingress and ``parley replay`` push the same
-    message themselves (``parley.wire.messages``), many per round trip."""
+    message themselves (``parley.wire.messages``), many per round trip. ``timeout``:
+    seconds the write, and on a confirming AMQP channel the broker's confirm, may take
+    (``create_publisher``)."""
     partition = partition_for(envelope.tenant_id, envelope.user_id, partitions)
     queue = queue_name(partition)
+    bounded: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+    if timeout is not None:
+        bounded["confirm_timeout"] = timeout
     app.send_task(
         TASK_NAME,
         args=[envelope.to_json()],
@@ -98,8 +124,61 @@ def publish(app: Celery, envelope: Envelope, partitions: int) -> int:
         kwargsrepr="{}",
         shadow=task_shadow(envelope),
         ignore_result=True,
+        **bounded,
     )
     return partition
+
+
+#: Seconds the ingress's publisher may spend on one message (connecting, the write, the
+#: broker's confirm) before it gives up
+PUBLISH_TIMEOUT = 5.0
+#: AMQP broker URL schemes (kombu's py-amqp transport), where publisher confirms apply
+AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
+
+
+class Publisher:
+    """A confirming, time-bounded publish (``create_publisher``); ``close`` releases
+    its broker connections."""
+
+    def __init__(self, app: Celery, partitions: int, timeout: float) -> None:
+        self.app = app
+        self.partitions = partitions
+        self.timeout = timeout
+
+    def __call__(self, envelope: Envelope) -> int:
+        return publish(self.app, envelope, self.partitions, timeout=self.timeout)
+
+    def close(self) -> None:
+        self.app.close()
+
+
+def create_publisher(settings: Settings, timeout: float = PUBLISH_TIMEOUT) -> Publisher:
+    """What the ingress publishes with when the broker is not the pipeline DB: returns
+    only once the broker has the message, else raises, within about ``timeout``
+    seconds per message (blocking: the ingress calls it off its event loop).
+
+    On AMQP the channel is in publisher-confirm mode, so "has it" means RabbitMQ
+    confirmed it (persisted, for a durable queue), not merely that the bytes left this
+    process; a Redis broker's LPUSH reply is that confirm already. The publish declares
+    its queue first (kombu caches that per connection): a message to a queue no worker
+    declared yet would otherwise be confirmed and dropped as unroutable. One reconnect
+    is tried, so a pooled connection the broker closed (a restart) costs a retry, not
+    a 503; a broker that is down costs a 503 fast. No ``task-sent`` events: the
+    ingress's own Redis path sends none either."""
+    app = create_celery(settings)
+    if settings.broker.startswith(AMQP_SCHEMES):
+        transport = dict(app.conf.broker_transport_options or {})
+        transport["confirm_publish"] = True
+        app.conf.broker_transport_options = transport
+    app.conf.broker_connection_timeout = timeout
+    app.conf.task_send_sent_event = False
+    app.conf.task_publish_retry_policy = {
+        "max_retries": 1,
+        "interval_start": 0,
+        "interval_step": 0.1,
+        "interval_max": 0.1,
+    }
+    return Publisher(app, settings.partitions, timeout)
 
 
 @functools.cache

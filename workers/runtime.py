@@ -41,6 +41,7 @@ from parley.workers.calls import (
     TransientFailure,
     WorkerStopping,
 )
+from parley.workers.connections import is_redis
 from parley.workers.messenger import MessengerTransientError, WhatsAppMessenger
 from parley.workers.pipeline import (
     ALREADY_DONE,
@@ -54,6 +55,13 @@ from parley.workers.watchdog import LoopWatchdog
 from parley.workers.webhook import Webhook
 
 log = logging.getLogger("parley.worker")
+
+
+class NotOwner(Exception):
+    """An envelope of a partition whose lease another node holds, taken from a broker
+    that is not Redis (RabbitMQ): it cannot be pushed back in front by hand, so the
+    task rejects its message with requeue — the broker puts it back where it was."""
+
 
 #: Failures of the outside world rather than of the handler's code
 TRANSIENT = (
@@ -188,6 +196,8 @@ class Runtime:
             return self.run(self.process(raw))  # type: ignore[no-any-return]
         except WorkerStopping as exc:  # stopped before it began: nothing records it
             raise Reject(str(exc), requeue=True) from exc  # back in front, unacked
+        except NotOwner as exc:  # RabbitMQ requeues it at its place, for the lease holder
+            raise Reject(str(exc), requeue=True) from exc
 
     def close(self) -> None:
         started = self._thread is not None
@@ -288,7 +298,16 @@ class Runtime:
     async def _put_back(self, envelope: Envelope, partition: int) -> None:
         """The lease moved while this node still consumed the partition: put the
         message back in front for the owner — unless the owner already did when it
-        took the partition — and make this node stop consuming."""
+        took the partition — and make this node stop consuming. On a broker that is
+        not Redis, raise ``NotOwner``: ``handle`` rejects the message with requeue."""
+        if not is_redis(self.settings.broker):
+            if self.on_lease_lost is not None:
+                self.on_lease_lost(partition)
+            log.warning("partition %d: lease not held; requeued %s", partition, task_repr(envelope))
+            raise NotOwner(
+                f"partition {partition}: another node holds the lease; {task_repr(envelope)} "
+                "goes back to the broker"
+            )
         queue = queue_name(partition)
         if self._broker is None:
             self._broker = redis.Redis.from_url(self.settings.broker)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
@@ -27,6 +27,11 @@ class Settings(CacheSettings):
     pipeline_url: str | None = None
     #: Partition count; fixed for a deployment (changing it re-routes users).
     partitions: int = Field(default=16, gt=0, le=4096)
+    #: RabbitMQ broker: the type the partition queues are declared with. ``classic``
+    #: (one node), or ``quorum`` (replicated across a RabbitMQ cluster; Celery then
+    #: sets the prefetch per consumer). Every process of a deployment must agree: a
+    #: queue is declared once, and RabbitMQ refuses another type for it. Not used on Redis.
+    amqp_queue_type: Literal["classic", "quorum"] = "classic"
     #: Seconds before the Redis broker redelivers an unacked message. Must exceed the
     #: longest handler run, or a slow handler's message would be handed out twice.
     visibility_timeout: int = Field(default=3600, gt=0)
