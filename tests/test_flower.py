@@ -1,5 +1,6 @@
-"""Flower over its HTTP API, all real: ``celery -A workers flower`` on a free port, the
-tests' redis-server as broker, a ``parley worker`` that processed webhooks."""
+"""Flower over its HTTP API, all real: ``celery -A workers flower`` on a free port, on
+each broker (the tests' redis-server, a RabbitMQ vhost of the test's own), a ``parley
+worker`` that processed webhooks."""
 
 from __future__ import annotations
 
@@ -17,14 +18,23 @@ import pytest
 from parley.testing import FakeGraphAPI, RedisServer
 from parley.testing.redis_server import PortTaken, on_free_port, port_taken
 from tests.helpers import PARTITIONS, Pipeline, wait_for
+from tests.rabbitmq import BROKERS, broker_env
 
 ROOT = Path(__file__).resolve().parent.parent
 AUTH = ("admin", "flower-test-password")
 SECRET_TEXT = "deliver to 221B Baker Street"
 
 
+@pytest.fixture(params=BROKERS)
+def broker(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The deployment's extra environment: none on Redis, PARLEY_BROKER_URL on RabbitMQ."""
+    return broker_env(request)
+
+
 @pytest.fixture
-def flower(redis_url: str, redis_server: RedisServer, tmp_path: Path) -> Iterator[str]:
+def flower(
+    redis_url: str, redis_server: RedisServer, tmp_path: Path, broker: dict[str, str]
+) -> Iterator[str]:
     log_path = tmp_path / "flower.log"
 
     def start(port: int) -> tuple[subprocess.Popen[bytes], str]:
@@ -42,6 +52,7 @@ def flower(redis_url: str, redis_server: RedisServer, tmp_path: Path) -> Iterato
                     "PARLEY_REDIS_URL": redis_server.url,
                     "PARLEY_PARTITIONS": str(PARTITIONS),
                     "FLOWER_BASIC_AUTH": ":".join(AUTH),  # as the compose file passes it
+                    **broker,
                 },
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -78,11 +89,15 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def test_flower_shows_nodes_partition_queues_and_safe_tasks(
-    flower: str, redis_server: RedisServer, tmp_path: Path, graph: FakeGraphAPI
+    flower: str,
+    redis_server: RedisServer,
+    tmp_path: Path,
+    graph: FakeGraphAPI,
+    broker: dict[str, str],
 ) -> None:
     assert httpx.get(f"{flower}/api/workers").status_code == 401  # basic auth is on
     client = httpx.Client(base_url=flower, auth=AUTH, timeout=30)
-    pipeline = Pipeline(redis_server, tmp_path, graph)
+    pipeline = Pipeline(redis_server, tmp_path, graph, **broker)
     user = "51987654321"
     try:
         pipeline.start_worker("tests.apps:recording", "auto", "watched")
@@ -120,10 +135,14 @@ def test_flower_shows_nodes_partition_queues_and_safe_tasks(
 
 
 def test_flower_shows_a_fired_timer_as_parley_timer(
-    flower: str, redis_server: RedisServer, tmp_path: Path, graph: FakeGraphAPI
+    flower: str,
+    redis_server: RedisServer,
+    tmp_path: Path,
+    graph: FakeGraphAPI,
+    broker: dict[str, str],
 ) -> None:
     client = httpx.Client(base_url=flower, auth=AUTH, timeout=30)
-    pipeline = Pipeline(redis_server, tmp_path, graph)
+    pipeline = Pipeline(redis_server, tmp_path, graph, **broker)
     try:
         pipeline.start_worker("tests.apps:timers", "auto", "timed")
         pipeline.publish("51987650000", "schedule remind cart 0")
