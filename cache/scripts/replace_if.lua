@@ -128,5 +128,18 @@ for k = 1, n do
     return redis.call('HGETALL', key)
   end
 end
-replace_document(key, 3 + 2 * n)  -- a row that exists: ARGV[2] is the count here
+local pttl = redis.call('PTTL', key)
+redis.call('DEL', key)
+redis.call('HSET', key, MARKER, '1')
+local i = 3 + 2 * n
+while i <= #ARGV do
+  local j = math.min(i + 999, #ARGV)
+  redis.call('HSET', key, unpack(ARGV, i, j))
+  i = j + 1
+end
+if ARGV[1] ~= '' then
+  redis.call('EXPIRE', key, ARGV[1])
+elseif pttl > 0 then
+  redis.call('PEXPIRE', key, pttl)
+end
 return 1
